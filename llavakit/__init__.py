@@ -1,0 +1,66 @@
+"""llavakit: LLaVA-family vision-language models in plain PyTorch, with the transformers API.
+
+    from llavakit import AutoProcessor, LlavaForConditionalGeneration
+
+Names are imported lazily, so `import llavakit` stays fast and a CLI start does not pay for torch
+model code it does not use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    # configs
+    "PretrainedConfig": "llavakit.config",
+    "AutoConfig": "llavakit.config",
+    "CLIPVisionConfig": "llavakit.config",
+    "LlamaConfig": "llavakit.config",
+    "MistralConfig": "llavakit.config",
+    "LlavaConfig": "llavakit.config",
+    # models
+    "CLIPVisionModel": "llavakit.models.clip",
+    "LlamaModel": "llavakit.models.llama",
+    "LlamaForCausalLM": "llavakit.models.llama",
+    "MistralModel": "llavakit.models.llama",
+    "MistralForCausalLM": "llavakit.models.llama",
+    "LlavaMultiModalProjector": "llavakit.models.llava",
+    "LlavaModel": "llavakit.models.llava",
+    "LlavaForConditionalGeneration": "llavakit.models.llava",
+    "LlavaCausalLMOutputWithPast": "llavakit.models.outputs",
+    "DynamicCache": "llavakit.models.cache",
+    "AutoModelForImageTextToText": "llavakit.models.auto",
+    "AutoModelForVision2Seq": "llavakit.models.auto",
+    "AutoModel": "llavakit.models.auto",
+    # processing
+    "BatchFeature": "llavakit.processing.batch",
+    "CLIPImageProcessor": "llavakit.processing.image",
+    "PreTrainedTokenizerFast": "llavakit.processing.tokenizer",
+    "AutoTokenizer": "llavakit.processing.tokenizer",
+    "LlamaTokenizerFast": "llavakit.processing.tokenizer",
+    "LlavaProcessor": "llavakit.processing.llava",
+    "AutoProcessor": "llavakit.processing.auto",
+    "AutoImageProcessor": "llavakit.processing.auto",
+    # generation
+    "GenerationConfig": "llavakit.generation.config",
+    "TextIteratorStreamer": "llavakit.generation.streamer",
+    "TextStreamer": "llavakit.generation.streamer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'llavakit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

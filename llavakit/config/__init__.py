@@ -1,0 +1,9 @@
+"""Configs: plain dataclasses that read and write config.json like transformers."""
+
+from llavakit.config.auto import AutoConfig
+from llavakit.config.base import PretrainedConfig
+from llavakit.config.clip import CLIPVisionConfig
+from llavakit.config.llama import LlamaConfig, MistralConfig
+from llavakit.config.llava import LlavaConfig
+
+__all__ = ["AutoConfig", "PretrainedConfig", "CLIPVisionConfig", "LlamaConfig", "MistralConfig", "LlavaConfig"]

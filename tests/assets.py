@@ -1,0 +1,185 @@
+"""Build the real assets the tests use: the Mistral-7B tokenizer, skimage photos, tiny llava-hf checkpoints.
+
+Everything here runs transformers (a test-only dependency) to produce reference files, exactly as a
+user's checkpoint folder would look. The fixtures in conftest.py call these once per session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+# A llava-1.5 style template (USER: / ASSISTANT:, images before text in each message), written for
+# these tests; it renders the same text as the llava-1.5-7b-hf checkpoint's template.
+LLAVA_15_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] + ' ' }}{% else %}"
+    "{% for part in message['content'] if part['type'] == 'image' %}{{ '<image>\n' }}{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] + ' ' }}{% endfor %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+TINY_VISION = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                   num_attention_heads=4, image_size=28, patch_size=7, projection_dim=16)
+TINY_TEXT = dict(vocab_size=32064, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5)
+IMAGE_TOKENS = (28 // 7) ** 2  # 16 tokens per image with the "default" strategy (CLS dropped)
+
+
+def photos_dir() -> Path:
+    import skimage
+
+    return Path(os.path.dirname(skimage.__file__)) / "data"
+
+
+def build_mistral_tokenizer(out_dir: Path) -> Path:
+    """Mistral-7B v0.1 SentencePiece model from mistral-common -> tokenizer.json, plus <image> and <pad>."""
+    import mistral_common
+    import transformers
+
+    src = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+    raw = out_dir / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, raw / "tokenizer.model")
+    (raw / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "add_bos_token": True, "legacy": False,
+    }))
+    tok = transformers.AutoTokenizer.from_pretrained(raw)
+    tok.add_tokens(["<image>"], special_tokens=True)
+    tok.add_special_tokens({"pad_token": "<pad>"})
+    assert tok.convert_tokens_to_ids(["<image>", "<pad>"]) == [32000, 32001]
+    final = out_dir / "tokenizer"
+    tok.save_pretrained(final)
+    shutil.rmtree(raw)
+    return final
+
+
+def perturb_(model: torch.nn.Module, seed: int = 0) -> None:
+    """Move every parameter off its init value, so a skipped norm weight or bias shows in parity tests."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+def build_tiny_llava(out_dir: Path, tokenizer_dir: Path, *, text_model_type: str = "llama", seed: int = 0,
+                     **config_overrides) -> Path:
+    """A tiny random LlavaForConditionalGeneration + LlavaProcessor, saved by transformers 5 as it is."""
+    import transformers
+
+    torch.manual_seed(seed)
+    text = dict(TINY_TEXT, model_type=text_model_type)
+    if text_model_type == "mistral":
+        text["sliding_window"] = config_overrides.pop("sliding_window", None)
+    config = transformers.LlavaConfig(vision_config=dict(TINY_VISION), text_config=text, image_token_index=32000,
+                                      pad_token_id=32001, **config_overrides)
+    model = transformers.LlavaForConditionalGeneration(config).eval()
+    perturb_(model, seed)
+    model.save_pretrained(out_dir)
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    image_processor = transformers.CLIPImageProcessor(
+        size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
+        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    processor = transformers.LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=7,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        num_additional_image_tokens=1, chat_template=LLAVA_15_TEMPLATE,
+    )
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def to_hub_layout(src: Path, dst: Path, *, max_shard_bytes: int = 2_000_000) -> Path:
+    """Rewrite a transformers-5 folder the way the published llava-hf repos look.
+
+    Vision keys gain the `vision_model.` level, weights are sharded with an index, config.json is
+    sparse (only non-default text/vision keys, legacy `rope_theta`, `torch_dtype`), and the
+    processor files are the older preprocessor_config.json + chat_template.json pair.
+    """
+    from safetensors.torch import load_file, save_file
+
+    dst.mkdir(parents=True, exist_ok=True)
+    tensors = load_file(src / "model.safetensors")
+    renamed = {}
+    for key, value in tensors.items():
+        if key.startswith("vision_tower.") and not key.startswith("vision_tower.vision_model."):
+            key = "vision_tower.vision_model." + key.removeprefix("vision_tower.")
+        renamed[key] = value
+
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key in sorted(renamed):
+        nbytes = renamed[key].numel() * renamed[key].element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = renamed[key]
+        size += nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, dst / name, metadata={"format": "pt"})
+        weight_map.update({k: name for k in shard})
+    total = sum(t.numel() * t.element_size() for t in renamed.values())
+    (dst / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+
+    full = json.loads((src / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps(sparse_hub_config(full), indent=2))
+    for name in ("generation_config.json", "tokenizer.json"):
+        if (src / name).exists():
+            shutil.copy(src / name, dst / name)
+
+    # Older processor files: preprocessor_config.json, chat_template.json, tokenizer_config.json with
+    # added_tokens_decoder, and special_tokens_map.json.
+    processor = json.loads((src / "processor_config.json").read_text())
+    image_proc = processor.pop("image_processor")
+    processor.pop("tokenizer", None)
+    (dst / "preprocessor_config.json").write_text(json.dumps(image_proc, indent=2))
+    (dst / "processor_config.json").write_text(json.dumps(processor, indent=2))
+    template = (src / "chat_template.jinja").read_text()
+    (dst / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    tok_config = json.loads((src / "tokenizer_config.json").read_text())
+    tok_config.update({
+        "add_bos_token": True, "add_eos_token": False, "padding_side": "left", "legacy": False,
+        "added_tokens_decoder": {
+            str(i): {"content": c, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+                     "special": True}
+            for i, c in [(0, "<unk>"), (1, "<s>"), (2, "</s>"), (32000, "<image>"), (32001, "<pad>")]
+        },
+    })
+    tok_config.pop("extra_special_tokens", None)
+    (dst / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
+    (dst / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}, indent=2))
+    return dst
+
+
+def sparse_hub_config(full: dict) -> dict:
+    """Drop sub-config keys equal to their class defaults, as the Hub's llava-1.5 config.json does."""
+    import transformers
+
+    sparse = {k: v for k, v in full.items() if k not in ("text_config", "vision_config", "dtype")}
+    sparse["torch_dtype"] = full.get("dtype", "float32")
+    for key, cls in (("text_config", transformers.CONFIG_MAPPING[full["text_config"]["model_type"]]),
+                     ("vision_config", transformers.CLIPVisionConfig)):
+        defaults = cls().to_dict()
+        sub = {k: v for k, v in full[key].items() if k == "model_type" or defaults.get(k) != v}
+        sub.pop("transformers_version", None)
+        if key == "text_config":
+            rope = sub.pop("rope_parameters", None) or full[key].get("rope_parameters") or {}
+            if rope.get("rope_theta", 10000.0) != 10000.0:
+                sub["rope_theta"] = rope["rope_theta"]
+            sub.pop("head_dim", None)
+        sparse[key] = sub
+    return sparse

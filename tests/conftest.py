@@ -1,0 +1,42 @@
+"""Shared fixtures: built once per test session from real assets (see tests/assets.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests import assets
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """The real Mistral-7B v0.1 tokenizer (32000 tokens) plus <image>=32000 and <pad>=32001."""
+    return assets.build_mistral_tokenizer(tmp_path_factory.mktemp("mistral-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, Path]:
+    """Real photos shipped in scikit-image: astronaut, chelsea (cat), coffee, rocket, camera (grey), horse (RGBA)."""
+    root = assets.photos_dir()
+    names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png", "horse.png"]
+    return {name.split(".")[0]: root / name for name in names}
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """Tiny random LLaVA-1.5 (CLIP + Llama) as transformers 5 saves it: vision keys without `vision_model.`."""
+    return assets.build_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_hub_dir(tmp_path_factory, tiny_llava_dir) -> Path:
+    """The same weights in the published llava-hf layout: sharded, sparse config, older processor files."""
+    return assets.to_hub_layout(tiny_llava_dir, tmp_path_factory.mktemp("tiny-llava-hub"))
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral_llava_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """Tiny random bakLlava-style checkpoint: Mistral decoder with a short sliding window (8 tokens)."""
+    return assets.build_tiny_llava(tmp_path_factory.mktemp("tiny-mistral-llava"), tokenizer_dir,
+                                   text_model_type="mistral", sliding_window=8, seed=1)
