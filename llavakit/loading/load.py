@@ -1,0 +1,223 @@
+"""from_pretrained: config.json + safetensors -> a model on the target device, in the target dtype.
+
+The model is built on the meta device (no memory), then each checkpoint tensor is read from its
+memory-mapped file, cast and moved, and put in place of the meta parameter. At no point do two full
+copies of the weights exist, so a 7B checkpoint loads in bf16 within about 15 GiB of RAM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from llavakit.config.base import PretrainedConfig, dtype_from_str
+from llavakit.loading import keymaps
+from llavakit.loading.hub import CheckpointNotFoundError, resolve_file, resolve_optional
+
+SAFE_INDEX = "model.safetensors.index.json"
+SAFE_SINGLE = "model.safetensors"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+PICKLE_SINGLE = "pytorch_model.bin"
+HUB_KWARGS = ("revision", "local_files_only", "cache_dir", "token", "force_download", "subfolder")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+# Arguments transformers users pass that need no action here: we never run code from a checkpoint,
+# and loading is always low-memory.
+ACCEPTED_NO_OP = ("trust_remote_code", "low_cpu_mem_usage", "use_safetensors_index", "offload_folder")
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's tensors do not fit the model: missing, unexpected or mis-shaped names."""
+
+
+def load_pretrained(cls: type, path_or_repo_id: str | os.PathLike, *, config: PretrainedConfig | None = None,
+                    dtype: Any = "auto", torch_dtype: Any = None, device_map: Any = None,
+                    attn_implementation: str | None = None, use_flash_attention_2: bool = False,
+                    use_safetensors: bool | None = None, quantization_config: Any = None,
+                    **kwargs: Any) -> nn.Module:
+    """Load `cls` from a folder or Hub repo id. See PreTrainedModel.from_pretrained."""
+    hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
+    for name in ACCEPTED_NO_OP:
+        kwargs.pop(name, None)
+    if quantization_config is not None:
+        raise ValueError("quantization_config is not supported by llavakit yet; load in bf16/fp16 instead")
+    if use_flash_attention_2:
+        attn_implementation = "flash_attention_2"
+    attn_implementation = attn_implementation or "sdpa"
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"attn_implementation={attn_implementation!r} is not available; "
+                         f"choose one of {ATTN_IMPLEMENTATIONS}")
+
+    if config is None:
+        config = _read_config(cls, path_or_repo_id, hub)
+    config = _apply_overrides(config, kwargs)
+    config._attn_implementation = attn_implementation
+    target_dtype = _resolve_dtype(torch_dtype if torch_dtype is not None else dtype, config)
+    device = resolve_device(device_map)
+
+    files = checkpoint_files(path_or_repo_id, use_safetensors, hub)
+    with torch.device("meta"):
+        model = cls(config)
+    load_weights(model, files, dtype=target_dtype, device=device)
+    model.eval()
+    if hasattr(model, "generate"):
+        model.generation_config = _read_generation_config(path_or_repo_id, config, hub)
+    model.name_or_path = os.fspath(path_or_repo_id)
+    return model
+
+
+def _read_config(cls: type, path_or_repo_id: str | os.PathLike, hub: dict[str, Any]) -> PretrainedConfig:
+    with open(resolve_file(path_or_repo_id, "config.json", **hub), encoding="utf-8") as f:
+        data = json.load(f)
+    expected = cls.config_class.model_type
+    found = data.get("model_type")
+    if expected and found != expected:
+        raise ValueError(
+            f"{cls.__name__} cannot load a {found!r} checkpoint (it needs model_type {expected!r}); "
+            f"AutoModelForImageTextToText picks the right class for you"
+        )
+    return cls.config_class.from_dict(data)
+
+
+def _apply_overrides(config: PretrainedConfig, overrides: dict[str, Any]) -> PretrainedConfig:
+    """from_pretrained(..., vision_feature_layer=-1) style config overrides; anything else is a typo."""
+    if not overrides:
+        return config
+    unknown = [k for k in overrides if not hasattr(config, k)]
+    if unknown:
+        raise TypeError(f"from_pretrained got unexpected arguments {unknown}")
+    data = config.to_dict()
+    data.update(overrides)
+    return type(config).from_dict(data)
+
+
+def _resolve_dtype(dtype: Any, config: PretrainedConfig) -> torch.dtype:
+    """'auto' (the default, as in transformers 5) means the dtype config.json records, else float32."""
+    if dtype is None or dtype == "auto":
+        return dtype_from_str(getattr(config, "dtype", None)) or torch.float32
+    resolved = dtype_from_str(dtype)
+    if not resolved.is_floating_point:
+        raise ValueError(f"dtype must be a floating point type, got {dtype!r}")
+    return resolved
+
+
+def resolve_device(device_map: Any) -> torch.device:
+    """One device for the whole model: None/'cpu', 'cuda', 'cuda:1', 0, 'auto', or {'': device}."""
+    if device_map is None:
+        return torch.device("cpu")
+    if isinstance(device_map, dict):
+        devices = set(device_map.values())
+        if len(devices) != 1:
+            raise ValueError("device_map splitting a model over several devices is not supported yet; "
+                             "pass one device, e.g. device_map='cuda:0' or {'': 0}")
+        device_map = devices.pop()
+    if device_map == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if isinstance(device_map, int):
+        device_map = f"cuda:{device_map}"
+    device = torch.device(device_map)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device_map={device_map!r} asks for CUDA, but no CUDA device is available")
+    return device
+
+
+def checkpoint_files(path_or_repo_id: str | os.PathLike, use_safetensors: bool | None,
+                     hub: dict[str, Any]) -> list[str]:
+    """The weight files to read: sharded or single safetensors; pickle files only when the user opts in."""
+    names: list[tuple[str, str]] = [(SAFE_INDEX, SAFE_SINGLE)]
+    if use_safetensors is False:
+        names.append((PICKLE_INDEX, PICKLE_SINGLE))
+    for index_name, single_name in names:
+        index = resolve_optional(path_or_repo_id, index_name, **hub)
+        if index is not None:
+            with open(index, encoding="utf-8") as f:
+                shard_names = sorted(set(json.load(f)["weight_map"].values()))
+            return [resolve_file(path_or_repo_id, name, **hub) for name in shard_names]
+        single = resolve_optional(path_or_repo_id, single_name, **hub)
+        if single is not None:
+            return [single]
+    if use_safetensors is not False and (resolve_optional(path_or_repo_id, PICKLE_SINGLE, **hub)
+                                         or resolve_optional(path_or_repo_id, PICKLE_INDEX, **hub)):
+        raise CheckpointNotFoundError(
+            f"{os.fspath(path_or_repo_id)} has only pickle weights (pytorch_model.bin). Unpickling can run "
+            f"arbitrary code, so llavakit reads it only if you ask: from_pretrained(..., use_safetensors=False)"
+        )
+    raise CheckpointNotFoundError(f"no model.safetensors or {SAFE_INDEX} in {os.fspath(path_or_repo_id)}")
+
+
+def _iter_tensors(path: str):
+    """(name, tensor) pairs of one weight file, read lazily (safetensors is memory-mapped)."""
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt", device="cpu") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+    else:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        yield from state.items()
+
+
+def load_weights(model: nn.Module, files: list[str], *, dtype: torch.dtype, device: torch.device) -> None:
+    """Fill a meta-device model from weight files; raise naming every missing, unexpected or mis-shaped key."""
+    class_name = type(model).__name__
+    to_hub, from_hub = keymaps.layout_rules(class_name)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    unexpected, mismatched, loaded = [], [], set()
+    for path in files:
+        for ckpt_key, tensor in _iter_tensors(path):
+            hub_key = keymaps.rename(ckpt_key, to_hub)
+            key = keymaps.rename(hub_key, from_hub)
+            if key not in params:
+                if not keymaps.is_ignored(hub_key, class_name):
+                    unexpected.append(ckpt_key)
+                continue
+            if tuple(tensor.shape) != tuple(params[key].shape):
+                mismatched.append(f"{ckpt_key}: checkpoint {tuple(tensor.shape)} vs model {tuple(params[key].shape)}")
+                continue
+            if tensor.is_floating_point():
+                tensor = tensor.to(device=device, dtype=dtype)
+            else:
+                tensor = tensor.to(device=device)
+            _set_parameter(model, key, tensor)
+            loaded.add(key)
+
+    model.tie_weights()
+    missing = [name for name, p in model.named_parameters() if p.is_meta]
+    problems = []
+    if missing:
+        problems.append(f"missing from the checkpoint: {_short_list(missing)}")
+    if unexpected:
+        problems.append(f"unexpected in the checkpoint: {_short_list(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatch: {_short_list(mismatched)}")
+    if problems:
+        raise CheckpointMismatchError(f"{class_name} does not match the checkpoint in {', '.join(files[:1])}"
+                                      f"{' (+%d more files)' % (len(files) - 1) if len(files) > 1 else ''}: "
+                                      + "; ".join(problems))
+    stale = [name for name, b in model.named_buffers() if b.is_meta]
+    if stale:
+        raise RuntimeError(f"{class_name} registers buffers the loader cannot fill: {stale[:5]}")
+
+
+def _set_parameter(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
+    module_name, _, attr = key.rpartition(".")
+    module = model.get_submodule(module_name) if module_name else model
+    old = getattr(module, attr)
+    setattr(module, attr, nn.Parameter(tensor, requires_grad=old.requires_grad and tensor.is_floating_point()))
+
+
+def _short_list(items: list[str], limit: int = 10) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" ... and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _read_generation_config(path_or_repo_id: str | os.PathLike, config: PretrainedConfig, hub: dict[str, Any]):
+    from llavakit.generation.config import GenerationConfig
+
+    if resolve_optional(path_or_repo_id, "generation_config.json", **hub) is not None:
+        return GenerationConfig.from_pretrained(path_or_repo_id, **hub)
+    return GenerationConfig.from_model_config(config)
