@@ -42,10 +42,6 @@ def resolve_file(path_or_repo_id: str | os.PathLike, filename: str, *, revision:
             repo_id, filename, subfolder=subfolder, revision=revision, cache_dir=cache_dir, token=token,
             local_files_only=local_files_only, force_download=force_download,
         )
-    except EntryNotFoundError:
-        if required:
-            raise CheckpointNotFoundError(f"{filename} not found in Hub repo {repo_id}") from None
-        return None
     except LocalEntryNotFoundError as err:
         if not required and _in_local_snapshot(repo_id, revision, cache_dir):
             return None  # the repo is cached and simply does not have this optional file
@@ -53,6 +49,10 @@ def resolve_file(path_or_repo_id: str | os.PathLike, filename: str, *, revision:
         why = ("offline mode is on (HF_HUB_OFFLINE=1 or local_files_only=True) and it is not in the cache"
                if offline else "it is not in the cache and the Hub could not be reached")
         raise CheckpointNotFoundError(f"cannot get {filename} of {repo_id}: {why}") from err
+    except EntryNotFoundError:  # after LocalEntryNotFoundError, its subclass
+        if required:
+            raise CheckpointNotFoundError(f"{filename} not found in Hub repo {repo_id}") from None
+        return None
     except RepositoryNotFoundError as err:
         raise CheckpointNotFoundError(f"{repo_id} is not a local folder and not a Hub repo id that exists") from err
 

@@ -1,0 +1,106 @@
+"""`llavakit generate`: one image (or several) and a prompt in, the model's answer streamed out.
+
+The prompt is wrapped in the model's chat template, as a user of the model's chat would see it.
+Without --model it runs the built-in demo checkpoint (see llavakit/demo.py), which needs no download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="answer a prompt about one or more images",
+                       description="Answer a prompt about one or more images with a LLaVA model.")
+    p.add_argument("--model", help="checkpoint folder or Hub repo id (default: the built-in demo model)")
+    p.add_argument("--image", action="append", default=[],
+                   help="image file or http(s) URL; repeat for several images (default with the demo: its example)")
+    p.add_argument("--prompt", default="What is in the image?", help="the question or instruction")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 means greedy decoding")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--chat-template", default=None,
+                   help="a built-in template name or a .jinja file (default: the checkpoint's own)")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    p.add_argument("--no-stream", action="store_true", help="print the answer once it is complete")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from llavakit import AutoProcessor, LlavaForConditionalGeneration, TextIteratorStreamer
+    from llavakit.processing.image import load_image
+
+    model_path, images = args.model, list(args.image)
+    if model_path is None:
+        from llavakit import demo
+
+        model_path = demo.demo_checkpoint()
+        images = images or [demo.EXAMPLE_IMAGE]
+        print(demo.NOTICE, file=sys.stderr)
+    if not images:
+        raise ValueError("give at least one --image FILE_OR_URL")
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    hub = {"revision": args.revision} if args.revision else {}
+    processor = AutoProcessor.from_pretrained(model_path, **hub)
+    model = LlavaForConditionalGeneration.from_pretrained(model_path, dtype=args.dtype, device_map=device, **hub)
+
+    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": args.prompt}]
+    conversation = [{"role": "user", "content": content}]
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True,
+                                         chat_template=_read_template(args.chat_template))
+    pil_images = [load_image(source) for source in images]
+    inputs = processor(images=pil_images, text=text, return_tensors="pt").to(model.device, model.dtype)
+
+    options = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+                   repetition_penalty=args.repetition_penalty)
+    if args.temperature > 0:
+        options.update(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    if args.no_stream:
+        output = model.generate(**inputs, **options)
+        print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+        return 0
+
+    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            model.generate(**inputs, **options, streamer=streamer)
+        except BaseException as err:  # surfaced below, after the stream closes
+            errors.append(err)
+            streamer.end()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    started = False
+    for chunk in streamer:
+        if not started:
+            chunk, started = chunk.lstrip(), True
+        print(chunk, end="", flush=True)
+    thread.join()
+    print()
+    if errors:
+        raise errors[0]
+    return 0
+
+
+def _read_template(name_or_file: str | None) -> str | None:
+    """A .jinja file's text, or a built-in template's name, or None for the checkpoint's own."""
+    if name_or_file is None:
+        return None
+    if name_or_file.endswith((".jinja", ".j2", ".txt")):
+        with open(name_or_file, encoding="utf-8") as f:
+            return f.read()
+    return name_or_file

@@ -1,0 +1,29 @@
+"""The `llavakit` command: one subcommand per job, each in its own module, imported only when used."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from llavakit.cli import generate
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llavakit", description="Run LLaVA-family vision-language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    generate.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError, NotImplementedError) as err:
+        # Bad input from the user: one readable line, no traceback.
+        print(f"llavakit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
