@@ -61,7 +61,7 @@ def build_demo_checkpoint(folder: str | os.PathLike) -> Path:
     import torch
 
     from llavakit import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-    from llavakit.processing.templates import BUILTIN_TEMPLATES
+    from llavakit.processing.templates import TEMPLATES
     from llavakit.processing.tokenizer import PreTrainedTokenizerFast
 
     folder = Path(folder)
@@ -83,6 +83,6 @@ def build_demo_checkpoint(folder: str | os.PathLike) -> Path:
     image_processor = CLIPImageProcessor(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                               chat_template=BUILTIN_TEMPLATES["llava"])
+                               chat_template=TEMPLATES["llava"])
     processor.save_pretrained(folder)
     return folder

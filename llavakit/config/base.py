@@ -16,11 +16,6 @@ import torch
 
 CONFIG_NAME = "config.json"
 
-# Keys transformers writes into every config that carry no meaning for llavakit's models. They are kept
-# like any other unknown key, but `to_dict` does not add them when they were never there.
-_DTYPE_KEYS = ("dtype", "torch_dtype")
-
-
 def dtype_from_str(value: Any) -> torch.dtype | None:
     """'bfloat16' / 'torch.float16' / torch.float32 / None -> torch.dtype or None."""
     if value is None or value == "auto":
@@ -34,14 +29,37 @@ def dtype_from_str(value: Any) -> torch.dtype | None:
     return dtype
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(init=False)
 class PretrainedConfig:
-    """Base class: dataclass fields are the known keys; anything else in config.json is kept as-is."""
+    """Base class: dataclass fields are the known keys; anything else in config.json is kept as-is.
+
+    Subclasses are `@dataclass(init=False)` and share this keyword-only __init__, which, like
+    transformers, accepts extra keys (`LlavaConfig(pad_token_id=0)`) and keeps them as attributes.
+    """
 
     model_type: ClassVar[str] = ""
 
     # The dtype the checkpoint was saved in; config.json spells it `torch_dtype` (v4) or `dtype` (v5).
     dtype: str | None = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs = self._rename_legacy_keys(dict(kwargs))
+        if "torch_dtype" in kwargs:
+            kwargs.setdefault("dtype", kwargs.pop("torch_dtype"))
+        if isinstance(kwargs.get("dtype"), torch.dtype):
+            kwargs["dtype"] = str(kwargs["dtype"]).removeprefix("torch.")
+        for field in dataclasses.fields(self):
+            if field.name in kwargs:
+                value = kwargs.pop(field.name)
+            elif field.default_factory is not dataclasses.MISSING:
+                value = field.default_factory()
+            else:
+                value = copy.deepcopy(field.default)
+            object.__setattr__(self, field.name, value)
+        for key, value in kwargs.items():  # unknown keys, kept and saved again (even `_name_or_path`)
+            setattr(self, key, value)
+        self._extra_keys = list(kwargs)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -59,20 +77,7 @@ class PretrainedConfig:
             raise ValueError(
                 f"{cls.__name__} expects model_type {cls.model_type!r}, the config says {found_type!r}"
             )
-        data = cls._rename_legacy_keys(data)
-        if "torch_dtype" in data:
-            torch_dtype = data.pop("torch_dtype")
-            data.setdefault("dtype", torch_dtype)
-        if isinstance(data.get("dtype"), torch.dtype):
-            data["dtype"] = str(data["dtype"]).removeprefix("torch.")
-        names = {f.name for f in dataclasses.fields(cls)}
-        known = {k: v for k, v in data.items() if k in names}
-        extra = {k: v for k, v in data.items() if k not in names}
-        config = cls(**known)
-        for key, value in extra.items():
-            setattr(config, key, value)
-        config._extra_keys = list(extra)
-        return config
+        return cls(**data)
 
     @classmethod
     def _rename_legacy_keys(cls, data: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from llavakit.config.base import PretrainedConfig, check_positive
 ACTIVATIONS = ("quick_gelu", "gelu", "gelu_pytorch_tanh", "gelu_new", "relu", "silu")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(init=False)
 class CLIPVisionConfig(PretrainedConfig):
     """Defaults are CLIP ViT-B/32's, as in transformers; LLaVA checkpoints override them."""
 

@@ -15,7 +15,7 @@ from llavakit.config.base import PretrainedConfig, check_positive
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(init=False)
 class LlamaConfig(PretrainedConfig):
     """Defaults are Llama-2-7B's, as in transformers."""
 
@@ -99,7 +99,7 @@ class LlamaConfig(PretrainedConfig):
         return out
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(init=False)
 class MistralConfig(LlamaConfig):
     """Mistral-7B defaults: GQA with 8 KV heads and a 4096-token sliding window (None turns it off)."""
 

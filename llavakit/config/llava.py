@@ -39,7 +39,7 @@ def default_vision_config() -> CLIPVisionConfig:
                             patch_size=14, num_hidden_layers=24, num_attention_heads=16)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(init=False)
 class LlavaConfig(PretrainedConfig):
     """LLaVA-1.5: CLIP tower -> 2-layer GELU projector -> Llama/Mistral decoder."""
 
