@@ -32,10 +32,12 @@ _EXPORTS = {
     "LlavaModel": "llavakit.models.llava",
     "LlavaForConditionalGeneration": "llavakit.models.llava",
     "LlavaCausalLMOutputWithPast": "llavakit.models.outputs",
+    "LlavaModelOutputWithPast": "llavakit.models.outputs",
     "DynamicCache": "llavakit.models.cache",
     "AutoModelForImageTextToText": "llavakit.models.auto",
     "AutoModelForVision2Seq": "llavakit.models.auto",
     "AutoModel": "llavakit.models.auto",
+    "AutoModelForCausalLM": "llavakit.models.auto",
     # processing
     "BatchFeature": "llavakit.processing.batch",
     "CLIPImageProcessor": "llavakit.processing.image",
