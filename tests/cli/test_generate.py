@@ -1,0 +1,89 @@
+"""`llavakit generate`: the README demo, a real checkpoint folder, and bad input as one-line errors."""
+
+import pytest
+import torch
+import transformers
+from PIL import Image
+
+from llavakit import demo
+from llavakit.cli.main import main
+
+
+@pytest.fixture
+def demo_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAVAKIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_demo_runs_with_no_arguments(demo_cache, capsys):
+    assert main(["generate", "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr()
+    assert "RANDOM weights" in out.err
+    assert len(out.out.split()) >= 1
+    assert (demo_cache / f"demo-{demo.VERSION}" / "model.safetensors").exists()
+
+
+def test_demo_checkpoint_is_a_valid_llava_hf_folder(demo_cache):
+    """transformers loads what llavakit wrote (model, tokenizer, processor) and generates the same tokens."""
+    import llavakit
+
+    path = demo.demo_checkpoint()
+    image = Image.open(demo.EXAMPLE_IMAGE)
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is here?"}]}]
+    ours_proc = llavakit.AutoProcessor.from_pretrained(path)
+    theirs_proc = transformers.AutoProcessor.from_pretrained(path)
+    prompt = ours_proc.apply_chat_template(conversation, add_generation_prompt=True)
+    assert prompt == theirs_proc.apply_chat_template(conversation, add_generation_prompt=True)
+    ours_in = ours_proc(images=image, text=prompt, return_tensors="pt")
+    theirs_in = theirs_proc(images=image, text=prompt, return_tensors="pt")
+    assert torch.equal(ours_in["input_ids"], theirs_in["input_ids"])
+    torch.testing.assert_close(ours_in["pixel_values"], theirs_in["pixel_values"])
+
+    ours = llavakit.LlavaForConditionalGeneration.from_pretrained(path)
+    theirs = transformers.LlavaForConditionalGeneration.from_pretrained(path)
+    ours_out = ours.generate(**ours_in, max_new_tokens=10, do_sample=False)
+    theirs_out = theirs.generate(**theirs_in, max_new_tokens=10, do_sample=False)
+    assert torch.equal(ours_out, theirs_out)
+
+
+def test_generate_with_a_checkpoint_matches_transformers(tiny_llava_dir, photos, capsys):
+    prompt = "Describe the picture."
+    assert main(["generate", "--model", str(tiny_llava_dir), "--image", str(photos["chelsea"]),
+                 "--prompt", prompt, "--max-new-tokens", "12", "--no-stream"]) == 0
+    printed = capsys.readouterr().out.strip()
+
+    processor = transformers.AutoProcessor.from_pretrained(tiny_llava_dir)
+    model = transformers.LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir)
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    inputs = processor(images=Image.open(photos["chelsea"]), text=text, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    expected = processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert printed == expected
+
+
+def test_streamed_output_equals_the_complete_output(tiny_llava_dir, photos, capsys):
+    args = ["generate", "--model", str(tiny_llava_dir), "--image", str(photos["coffee"]), "--max-new-tokens", "10"]
+    assert main(args) == 0
+    streamed = capsys.readouterr().out.strip()
+    assert main(args + ["--no-stream"]) == 0
+    assert streamed == capsys.readouterr().out.strip()
+
+
+def test_two_images(tiny_llava_dir, photos, capsys):
+    assert main(["generate", "--model", str(tiny_llava_dir), "--image", str(photos["coffee"]),
+                 "--image", str(photos["rocket"]), "--max-new-tokens", "4", "--no-stream"]) == 0
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda d, tmp: ["--model", d], "give at least one --image"),
+    (lambda d, tmp: ["--model", d, "--image", str(tmp / "missing.png")], "missing.png"),
+    (lambda d, tmp: ["--model", d, "--image", str(tmp / "broken.png")], "broken.png"),
+    (lambda d, tmp: ["--model", str(tmp / "no-such-model"), "--image", "x.png"], "no-such-model"),
+])
+def test_bad_input_is_one_clear_line(tiny_llava_dir, tmp_path, capsys, make_args, message):
+    (tmp_path / "broken.png").write_bytes(b"not a png at all")
+    assert main(["generate"] + make_args(str(tiny_llava_dir), tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llavakit generate: error:") and message in err
+    assert "Traceback" not in err
