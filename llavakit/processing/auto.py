@@ -1,0 +1,90 @@
+"""AutoProcessor / AutoImageProcessor: pick the processing class a checkpoint declares, then load it."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from llavakit.loading.hub import resolve_file
+from llavakit.processing.image import CLIPImageProcessor, load_image_processor_dict
+from llavakit.processing.llava import LlavaProcessor
+from llavakit.processing.tokenizer import AutoTokenizer, drop_transformers_only_kwargs
+
+PROCESSOR_CLASSES = {"LlavaProcessor": LlavaProcessor}
+MODEL_TYPE_TO_PROCESSOR = {"llava": LlavaProcessor}
+IMAGE_PROCESSOR_CLASSES = {"CLIPImageProcessor": CLIPImageProcessor, "CLIPImageProcessorFast": CLIPImageProcessor,
+                           "CLIPImageProcessorPil": CLIPImageProcessor, "CLIPFeatureExtractor": CLIPImageProcessor}
+
+
+def _read(path_or_repo_id: str | os.PathLike, filename: str, hub: dict[str, Any]) -> dict[str, Any] | None:
+    path = resolve_file(path_or_repo_id, filename, required=False, **hub)
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from None
+
+
+def _hub(revision: str | None, local_files_only: bool, cache_dir: str | None, token: str | bool | None,
+         subfolder: str | None, force_download: bool) -> dict[str, Any]:
+    return dict(revision=revision, local_files_only=local_files_only, cache_dir=cache_dir, token=token,
+                subfolder=subfolder, force_download=force_download)
+
+
+class AutoProcessor:
+    """The checkpoint's processor: processor_config.json's processor_class, else config.json's model_type;
+    a checkpoint with only tokenizer files gives its tokenizer, one with only image files its image processor."""
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, *, revision: str | None = None,
+                        local_files_only: bool = False, cache_dir: str | None = None, token: str | bool | None = None,
+                        subfolder: str | None = None, force_download: bool = False,
+                        **kwargs: Any) -> Any:
+        hub = _hub(revision, local_files_only, cache_dir, token, subfolder, force_download)
+        declared = None
+        for filename in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+            found = (_read(path_or_repo_id, filename, hub) or {}).get("processor_class")
+            if found:
+                declared = found
+                break
+        if declared is not None:
+            if declared not in PROCESSOR_CLASSES:
+                raise ValueError(f"{os.fspath(path_or_repo_id)} declares processor_class {declared!r}, which llavakit "
+                                 f"does not support; supported: {sorted(PROCESSOR_CLASSES)}")
+            return PROCESSOR_CLASSES[declared].from_pretrained(path_or_repo_id, **hub, **kwargs)
+
+        model_type = (_read(path_or_repo_id, "config.json", hub) or {}).get("model_type")
+        if model_type is not None:
+            if model_type not in MODEL_TYPE_TO_PROCESSOR:
+                raise ValueError(f"{os.fspath(path_or_repo_id)} is a {model_type!r} checkpoint, which llavakit has no "
+                                 f"processor for; supported model types: {sorted(MODEL_TYPE_TO_PROCESSOR)}")
+            return MODEL_TYPE_TO_PROCESSOR[model_type].from_pretrained(path_or_repo_id, **hub, **kwargs)
+
+        if resolve_file(path_or_repo_id, "tokenizer.json", required=False, **hub) is not None:
+            return AutoTokenizer.from_pretrained(path_or_repo_id, **hub, **kwargs)
+        if resolve_file(path_or_repo_id, "preprocessor_config.json", required=False, **hub) is not None:
+            return AutoImageProcessor.from_pretrained(path_or_repo_id, **hub, **kwargs)
+        raise ValueError(f"cannot find a processor in {os.fspath(path_or_repo_id)}: expected processor_config.json, "
+                         "config.json with a model_type, tokenizer.json or preprocessor_config.json")
+
+
+class AutoImageProcessor:
+    """The image processor named by `image_processor_type` in the checkpoint's image processor config."""
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, *, revision: str | None = None,
+                        local_files_only: bool = False, cache_dir: str | None = None, token: str | bool | None = None,
+                        subfolder: str | None = None, force_download: bool = False,
+                        **kwargs: Any) -> CLIPImageProcessor:
+        config = load_image_processor_dict(path_or_repo_id, **_hub(revision, local_files_only, cache_dir, token,
+                                                                    subfolder, force_download))
+        drop_transformers_only_kwargs(kwargs)
+        name = config.get("image_processor_type") or config.get("feature_extractor_type") or "CLIPImageProcessor"
+        if name not in IMAGE_PROCESSOR_CLASSES:
+            raise ValueError(f"image processor {name!r} is not supported by llavakit; supported: "
+                             f"{sorted(IMAGE_PROCESSOR_CLASSES)}")
+        return IMAGE_PROCESSOR_CLASSES[name].from_dict(config, **kwargs)
+
