@@ -72,3 +72,18 @@ def test_paths_that_are_not_repo_ids(name):
 
     with pytest.raises(CheckpointNotFoundError, match="neither an existing folder nor a Hub repo id"):
         resolve_file(name, "config.json")
+
+
+def test_processor_and_model_from_a_repo_id_offline(tmp_path, tiny_llava_hub_dir):
+    make_hf_cache(tmp_path / "hf", tiny_llava_hub_dir)
+    code = f"""
+        from llavakit import AutoModelForImageTextToText, AutoProcessor
+        processor = AutoProcessor.from_pretrained({REPO!r})
+        model = AutoModelForImageTextToText.from_pretrained({REPO!r})
+        inputs = processor(text="USER: hello ASSISTANT:", return_tensors="pt")
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        print(type(processor).__name__, out.shape[0], out.shape[1] - inputs["input_ids"].shape[1])
+    """
+    result = run_python(code, tmp_path / "hf")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["LlavaProcessor", "1", "3"]
