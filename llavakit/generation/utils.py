@@ -1,0 +1,365 @@
+"""GenerationMixin.generate: greedy and sampled decoding with a KV cache, with transformers' semantics.
+
+One prefill call runs the prompt (and the images: pixel_values & co. go to the prefill only), then each step
+feeds just the newest token with the cache. Options, their defaults and precedence, the logits-processor
+order, the RNG use and the stop rules follow transformers' `generate`, so the same seed gives the same tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import warnings
+from typing import Any
+
+import torch
+
+from llavakit.generation.config import _FIELD_NAMES, UNSUPPORTED_OPTIONS, GenerationConfig
+from llavakit.generation.logits import (LogitsProcessorList, MinLengthLogitsProcessor,
+                                        MinNewTokensLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor,
+                                        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+from llavakit.generation.stopping import (EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList,
+                                          StopStringCriteria)
+from llavakit.models.cache import DynamicCache
+from llavakit.models.outputs import ModelOutput
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class GenerateDecoderOnlyOutput(ModelOutput):
+    """What `generate(..., return_dict_in_generate=True)` returns. `scores`/`logits`: one (B, V) per new token."""
+
+    sequences: torch.LongTensor | None = None
+    scores: tuple[torch.Tensor, ...] | None = None
+    logits: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple | None = None
+    hidden_states: tuple | None = None
+    past_key_values: DynamicCache | None = None
+
+
+@dataclasses.dataclass
+class _Prompt:
+    """The validated inputs of one generate call."""
+
+    input_ids: torch.LongTensor  # (B, T) ids the output starts with; (B, 0) for an embeddings-only prompt
+    inputs_embeds: torch.Tensor | None  # (B, T_embeds, H) fed instead of the ids at prefill
+    attention_mask: torch.Tensor  # (B, T_prompt) 0/1
+    position_ids: torch.LongTensor  # (B or 1, T_prompt)
+    length: int  # T_prompt: positions the prefill runs
+
+
+class GenerationMixin:
+    """Adds `generate` to a model whose forward follows the transformers causal-LM signature."""
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                 pixel_values: torch.Tensor | None = None, generation_config: GenerationConfig | None = None,
+                 streamer: Any = None, stop_strings: str | list[str] | None = None, tokenizer: Any = None,
+                 logits_processor: list | None = None, stopping_criteria: list | None = None,
+                 **kwargs: Any) -> torch.LongTensor | GenerateDecoderOnlyOutput:
+        """Continue the prompt; returns prompt + new ids (B, T + new), or an output object with `.sequences`.
+
+        kwargs are generation options (max_new_tokens, do_sample, temperature, ...) overriding the model's
+        `generation_config`, or model inputs (image_sizes, inputs_embeds, vision_feature_layer, ...) that
+        go to the prefill call. Finished rows are filled with pad_token_id until every row is done.
+        """
+        if "inputs" in kwargs:
+            if input_ids is not None:
+                raise ValueError("pass the prompt as `inputs` or `input_ids`, not both")
+            input_ids = kwargs.pop("inputs")
+        config, model_kwargs = self._generation_config(generation_config, stop_strings, kwargs)
+        if pixel_values is not None:
+            model_kwargs["pixel_values"] = pixel_values
+        self._check_model_kwargs(model_kwargs)
+        attention_mask_given = attention_mask is not None
+        prompt = self._prepare_prompt(input_ids, attention_mask, model_kwargs, config)
+        B = prompt.input_ids.shape[0]
+        if streamer is not None and B != 1:
+            raise ValueError(f"streamers support batch size 1 only, got a batch of {B}")
+        eos, pad = self._special_tokens(config, attention_mask_given, B, prompt)
+        max_length, min_length = self._lengths(config, prompt)
+        processors = self._logits_processors(config, prompt, eos, min_length, logits_processor)
+        criteria = self._stopping_criteria(config, max_length, eos, tokenizer, stopping_criteria)
+        return self._decode(prompt, model_kwargs, config, processors, criteria, eos is not None, pad, streamer)
+
+    # ---- options ---------------------------------------------------------------------------------
+    def _generation_config(self, generation_config: GenerationConfig | None, stop_strings: Any,
+                           kwargs: dict[str, Any]) -> tuple[GenerationConfig, dict[str, Any]]:
+        """The call's options (kwargs > given config > model's generation_config > defaults) and model kwargs."""
+        for name, off_values in UNSUPPORTED_OPTIONS.items():
+            if name in kwargs and kwargs[name] not in off_values:
+                raise ValueError(f"{name}={kwargs[name]!r} is a transformers generation option that llavakit "
+                                 "does not support")
+        model_default = getattr(self, "generation_config", None)
+        if model_default is None:
+            model_default = GenerationConfig.from_model_config(self.config)
+        if generation_config is not None and not isinstance(generation_config, GenerationConfig):
+            if not hasattr(generation_config, "to_diff_dict"):
+                raise TypeError(f"generation_config must be a GenerationConfig, got {type(generation_config).__name__}")
+            generation_config = GenerationConfig.from_dict(generation_config.to_diff_dict())  # e.g. transformers'
+        config = (generation_config or GenerationConfig()).merged_with_defaults(model_default)
+        options = {k: kwargs.pop(k) for k in list(kwargs) if k in _FIELD_NAMES or k in UNSUPPORTED_OPTIONS}
+        if stop_strings is not None:
+            options["stop_strings"] = stop_strings
+        config.update(**{k: v for k, v in options.items() if k not in UNSUPPORTED_OPTIONS})
+        model_kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        return config, model_kwargs
+
+    def _check_model_kwargs(self, model_kwargs: dict[str, Any]) -> None:
+        set_by_generate = sorted(set(model_kwargs) & {"return_dict", "logits_to_keep", "labels", "cache_position"})
+        if set_by_generate:
+            raise ValueError(f"generate sets {set_by_generate} itself; do not pass them")
+        params = inspect.signature(self.forward).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return
+        unknown = sorted(k for k in model_kwargs if k not in params)
+        if unknown:
+            raise ValueError(f"generate got arguments that are neither generation options nor inputs of "
+                             f"{type(self).__name__}.forward: {unknown} (check for typos)")
+
+    # ---- prompt ----------------------------------------------------------------------------------
+    def _prepare_prompt(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                        model_kwargs: dict[str, Any], config: GenerationConfig) -> _Prompt:
+        inputs_embeds = model_kwargs.pop("inputs_embeds", None)
+        if input_ids is not None:
+            if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
+                shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+                raise ValueError(f"input_ids must be an integer tensor (batch, seq_len), got {shape}; "
+                                 "for one prompt add the batch dimension: input_ids[None]")
+        if inputs_embeds is not None:
+            if inputs_embeds.ndim != 3:
+                raise ValueError(f"inputs_embeds must be (batch, seq_len, hidden), got {tuple(inputs_embeds.shape)}")
+            B, T = inputs_embeds.shape[:2]
+            if input_ids is None:  # the output holds only the new tokens, as in transformers
+                input_ids = torch.ones((B, 0), dtype=torch.long, device=inputs_embeds.device)
+            elif tuple(input_ids.shape) != (B, T):
+                raise ValueError(f"input_ids {tuple(input_ids.shape)} and inputs_embeds {(B, T)} must cover the same "
+                                 "tokens")
+        else:
+            if input_ids is None:
+                if config.bos_token_id is None:
+                    raise ValueError("generate needs input_ids (or inputs_embeds); without them it starts from "
+                                     "bos_token_id, which is not set")
+                B = attention_mask.shape[0] if attention_mask is not None else 1
+                input_ids = torch.full((B, 1), config.bos_token_id, dtype=torch.long, device=self.device)
+            B, T = input_ids.shape
+            if T == 0:
+                raise ValueError("input_ids is empty (seq_len 0): give at least one prompt token")
+
+        if attention_mask is None:
+            attention_mask = torch.ones((B, T), dtype=torch.long, device=input_ids.device)
+            pad, eos = config.pad_token_id, _as_list(config.eos_token_id)
+            if pad is not None and bool((input_ids == pad).any()) and pad not in eos:
+                attention_mask = (input_ids != pad).long()  # infer the padding from pad tokens
+        elif attention_mask.ndim != 2 or tuple(attention_mask.shape) != (B, T):
+            raise ValueError(f"attention_mask must be 2-D (batch, seq_len) = ({B}, {T}) like the prompt, got "
+                             f"{tuple(attention_mask.shape)}")
+
+        position_ids = model_kwargs.pop("position_ids", None)
+        if position_ids is None:
+            # Left padding: real tokens count from 0 after the pads (the pads' own positions are masked anyway).
+            position_ids = attention_mask.long().cumsum(-1) - 1  # (B, T)
+            position_ids = position_ids.masked_fill(attention_mask == 0, 0)
+        return _Prompt(input_ids, inputs_embeds, attention_mask, position_ids, T)
+
+    def _special_tokens(self, config: GenerationConfig, attention_mask_given: bool, B: int,
+                        prompt: _Prompt) -> tuple[list[int] | None, int | None]:
+        """EOS ids as a list (or None) and the id written into finished rows (pad, else the first EOS)."""
+        eos, pad = _as_list(config.eos_token_id) or None, config.pad_token_id
+        if pad is None and eos is not None:
+            if not attention_mask_given and B > 1:
+                logger.warning("The attention mask and the pad token id were not set, with a batched input: "
+                               "pass the attention_mask your processor/tokenizer returned for reliable results.")
+            pad = eos[0]
+        if pad is not None and B > 1 and prompt.input_ids.shape[1] > 0:
+            if bool((prompt.attention_mask[:, -1] == 0).any()):
+                logger.warning("A decoder-only model is generating from right-padded prompts; results will be "
+                               "wrong. Pad on the left: tokenizer/processor padding_side='left'.")
+        return eos, pad
+
+    def _lengths(self, config: GenerationConfig, prompt: _Prompt) -> tuple[int, int]:
+        """Final max_length and min_length (prompt included), with transformers' precedence rules."""
+        n_ids, n_embeds = prompt.input_ids.shape[1], prompt.length
+        embeds_only = n_ids == 0  # an inputs_embeds prompt without ids
+        default_max = not config.is_set("max_length")
+        context = self._context_length()
+        max_length = config.max_length
+        if config.max_new_tokens is not None:
+            if not default_max:
+                logger.warning(f"Both max_new_tokens (={config.max_new_tokens}) and max_length (={max_length}) are "
+                               "set; max_new_tokens takes precedence.")
+            max_length = config.max_new_tokens + n_ids
+        elif embeds_only and not default_max:
+            max_length -= n_embeds  # an explicit max_length counts the embedded prompt too
+        elif default_max:
+            warnings.warn(f"Using the default max_length (={config.max_length}) to control the generation length; "
+                          "set max_new_tokens instead.", UserWarning, stacklevel=4)
+            max_length = config.max_length + n_ids
+            if context is not None:
+                max_length = min(max_length, context + n_ids - n_embeds)
+        new_tokens = max_length - n_ids
+        if context is not None and n_embeds + max(new_tokens, 1) > context:
+            raise ValueError(f"prompt of {n_embeds} tokens + {new_tokens} new tokens = {n_embeds + new_tokens} "
+                             f"exceeds the model's context of {context} tokens (max_position_embeddings); "
+                             "shorten the prompt or lower max_new_tokens")
+        if new_tokens <= 0:
+            raise ValueError(f"the prompt has {n_ids} tokens but max_length is {max_length}: nothing to generate; "
+                             "set max_new_tokens instead")
+
+        min_length = config.min_length
+        if config.min_new_tokens is not None:
+            min_length = config.min_new_tokens + n_ids
+        elif embeds_only:
+            min_length = max(min_length - n_embeds, 0)
+        if min_length > max_length:
+            warnings.warn(f"min length {min_length} (prompt included) is larger than max_length {max_length}; "
+                          "generation stops at max_length.", UserWarning, stacklevel=4)
+        return max_length, min_length
+
+    def _context_length(self) -> int | None:
+        """Positions the decoder was trained for, None when unbounded (dynamic RoPE)."""
+        text_config = getattr(self.config, "text_config", None) or self.config
+        context = getattr(text_config, "max_position_embeddings", None)
+        rope = getattr(text_config, "rope_parameters", None) or {}
+        return None if rope.get("rope_type") == "dynamic" else context
+
+    # ---- processors and criteria -----------------------------------------------------------------
+    def _logits_processors(self, config: GenerationConfig, prompt: _Prompt, eos: list[int] | None,
+                           min_length: int, custom: list | None) -> LogitsProcessorList:
+        """transformers' order: penalties and EOS bans, then the caller's processors, then the sampling warpers."""
+        processors = LogitsProcessorList()
+        if config.repetition_penalty != 1.0:
+            pads = (prompt.attention_mask != 0).int().argmax(dim=1)  # (B,) left-padding lengths
+            processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty, prompt_ignore_length=pads))
+        if eos is not None and min_length > 0:
+            processors.append(MinLengthLogitsProcessor(min_length, eos))
+        if eos is not None and config.min_new_tokens:
+            processors.append(MinNewTokensLengthLogitsProcessor(prompt.input_ids.shape[1], config.min_new_tokens,
+                                                                eos))
+        processors = _merge(processors, custom)
+        if config.do_sample:
+            if config.temperature != 1.0:
+                processors.append(TemperatureLogitsWarper(config.temperature))
+            if config.top_k:
+                processors.append(TopKLogitsWarper(config.top_k))
+            if config.top_p < 1.0:
+                processors.append(TopPLogitsWarper(config.top_p))
+        return processors
+
+    def _stopping_criteria(self, config: GenerationConfig, max_length: int, eos: list[int] | None,
+                           tokenizer: Any, custom: list | None) -> StoppingCriteriaList:
+        criteria = StoppingCriteriaList([MaxLengthCriteria(max_length)])
+        if config.stop_strings is not None:
+            if tokenizer is None:
+                raise ValueError("stop_strings need the tokenizer to read the generated text: pass "
+                                 "generate(..., tokenizer=processor.tokenizer)")
+            criteria.append(StopStringCriteria(tokenizer, config.stop_strings))
+        if eos is not None:
+            criteria.append(EosTokenCriteria(eos))
+        return _merge(criteria, custom)
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def _decode(self, prompt: _Prompt, model_kwargs: dict[str, Any], config: GenerationConfig,
+                processors: LogitsProcessorList, criteria: StoppingCriteriaList, has_eos: bool, pad: int | None,
+                streamer: Any) -> torch.LongTensor | GenerateDecoderOnlyOutput:
+        input_ids, mask, positions = prompt.input_ids, prompt.attention_mask, prompt.position_ids
+        if bool((mask == 1).all()):
+            mask = None  # no padding: plain causal attention, as transformers does
+        device = self.device
+        model_kwargs = {k: _to(v, device) for k, v in model_kwargs.items()}
+        B = input_ids.shape[0]
+        use_cache = config.use_cache or prompt.inputs_embeds is not None  # embeddings are only fed once
+        cache = model_kwargs.pop("past_key_values", None)
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.forward).parameters else {}
+        want_scores = config.return_dict_in_generate and config.output_scores
+        want_logits = config.return_dict_in_generate and config.output_logits
+        scores, raw_logits = ([] if want_scores else None), ([] if want_logits else None)
+        unfinished = torch.ones(B, dtype=torch.long, device=input_ids.device)  # (B,)
+
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+        try:
+            step_inputs = self._prefill_inputs(prompt, cache, model_kwargs)
+            while True:
+                outputs = self(**step_inputs, attention_mask=_to(mask, device), use_cache=use_cache,
+                               past_key_values=cache, return_dict=True, **keep)
+                cache = outputs.past_key_values if use_cache else None
+                logits = outputs.logits[:, -1, :].to(dtype=torch.float32, device=input_ids.device, copy=True)  # (B, V)
+                del outputs
+                step_scores = processors(input_ids, logits)  # (B, V)
+                if want_scores:
+                    scores.append(step_scores)
+                if want_logits:
+                    raw_logits.append(logits)
+                if config.do_sample:
+                    probs = torch.softmax(step_scores, dim=-1)  # (B, V)
+                    next_tokens = torch.multinomial(probs, num_samples=1).squeeze(1)  # (B,)
+                else:
+                    next_tokens = torch.argmax(step_scores, dim=-1)  # (B,)
+                if has_eos:  # rows that already finished get padding
+                    next_tokens = next_tokens * unfinished + pad * (1 - unfinished)
+                input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)  # (B, T + 1)
+                if streamer is not None:
+                    streamer.put(next_tokens.cpu())
+                unfinished = unfinished & ~criteria(input_ids, tuple(scores) if scores is not None else None)
+                if int(unfinished.max()) == 0:
+                    break
+                # Next step: the new token at the next position; the mask grows by one real slot.
+                positions = torch.cat([positions, positions[:, -1:] + 1], dim=-1)  # (B, T + 1)
+                if mask is not None:
+                    mask = torch.cat([mask, mask.new_ones((B, 1))], dim=-1)
+                # With the cache only the newest token goes in; without it the whole sequence (and the images).
+                fed = 1 if use_cache else input_ids.shape[1]
+                step_inputs = {} if use_cache else dict(model_kwargs)
+                step_inputs.update(input_ids=_to(input_ids[:, -fed:], device),
+                                   position_ids=_to(positions[:, -fed:], device))
+        finally:
+            if streamer is not None:
+                streamer.end()
+
+        if not config.return_dict_in_generate:
+            return input_ids
+        return GenerateDecoderOnlyOutput(sequences=input_ids, scores=tuple(scores) if want_scores else None,
+                                         logits=tuple(raw_logits) if want_logits else None,
+                                         past_key_values=cache)
+
+    def _prefill_inputs(self, prompt: _Prompt, cache: DynamicCache | None,
+                        model_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The first forward's inputs: the whole prompt (minus what a given cache holds) and the model kwargs."""
+        device = self.device
+        done = cache.get_seq_length() if cache is not None else 0
+        inputs = dict(model_kwargs)
+        if prompt.inputs_embeds is not None:
+            inputs["inputs_embeds"] = _to(prompt.inputs_embeds[:, done:], device)
+        else:
+            inputs["input_ids"] = _to(prompt.input_ids[:, done:], device)
+        inputs["position_ids"] = _to(prompt.position_ids[:, done:], device)
+        return inputs
+
+
+def _as_list(token_ids: int | list[int] | None) -> list[int]:
+    if token_ids is None:
+        return []
+    return [token_ids] if isinstance(token_ids, int) else list(token_ids)
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
+def _merge(defaults: list, custom: list | None) -> Any:
+    """The caller's processors/criteria replace built-in ones of the same class; others are appended."""
+    if not custom:
+        return defaults
+    merged = type(defaults)()
+    for item in defaults:
+        replacement = next((c for c in custom if type(c) is type(item)), None)
+        if replacement is not None:
+            logger.warning(f"A custom {type(item).__name__} was passed to generate and replaces the built-in one.")
+        merged.append(replacement if replacement is not None else item)
+    merged.extend(c for c in custom if not any(c is m for m in merged))
+    return merged
