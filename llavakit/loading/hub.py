@@ -6,6 +6,7 @@ local_files_only=True) a repo id resolves only from the local cache, and a clear
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -71,3 +72,12 @@ def _in_local_snapshot(repo_id: str, revision: str | None, cache_dir: str | None
 def resolve_optional(path_or_repo_id: str | os.PathLike, filename: str, **hub_kwargs: Any) -> str | None:
     """Like resolve_file, but None when the file does not exist."""
     return resolve_file(path_or_repo_id, filename, required=False, **hub_kwargs)
+
+
+def read_json(path: str) -> dict[str, Any]:
+    """A JSON file's content; a clear error naming the file when it is not valid JSON."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from None

@@ -48,14 +48,14 @@ DECODER_BASE_TO_HUB: list[tuple[str, str]] = [("", "model.")]
 ALWAYS_IGNORED = (".rotary_emb.inv_freq", "embeddings.position_ids")
 BASE_MODEL_IGNORED = ("language_model.lm_head.", "lm_head.")
 
-BASE_MODELS = ("LlavaModel", "LlamaModel", "MistralModel")
+BASE_MODELS = ("LlavaModel", "VipLlavaModel", "LlamaModel", "MistralModel")
 
 
 def layout_rules(model_class_name: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(rules to the Hub layout, rules from the Hub layout to this class's modules) for a model class."""
-    if model_class_name == "LlavaForConditionalGeneration":
+    if model_class_name in ("LlavaForConditionalGeneration", "VipLlavaForConditionalGeneration"):
         return LLAVA_TO_HUB, []
-    if model_class_name == "LlavaModel":
+    if model_class_name in ("LlavaModel", "VipLlavaModel"):
         return LLAVA_TO_HUB, LLAVA_HUB_TO_BASE
     if model_class_name == "CLIPVisionModel":
         return CLIP_TO_HUB, []
@@ -73,7 +73,7 @@ def is_ignored(hub_key: str, model_class_name: str) -> bool:
 
 def save_rules(model_class_name: str) -> list[tuple[str, str]]:
     """Rules from this class's module names to the Hub layout that save_pretrained writes."""
-    if model_class_name == "LlavaModel":
+    if model_class_name in ("LlavaModel", "VipLlavaModel"):
         return LLAVA_BASE_TO_HUB
     if model_class_name in ("LlamaModel", "MistralModel"):
         return DECODER_BASE_TO_HUB

@@ -7,7 +7,6 @@ copies of the weights exist, so a 7B checkpoint loads in bf16 within about 15 Gi
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -16,7 +15,7 @@ from torch import nn
 
 from llavakit.config.base import PretrainedConfig, dtype_from_str
 from llavakit.loading import keymaps
-from llavakit.loading.hub import CheckpointNotFoundError, resolve_file, resolve_optional
+from llavakit.loading.hub import CheckpointNotFoundError, read_json, resolve_file, resolve_optional
 
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
@@ -70,8 +69,7 @@ def load_pretrained(cls: type, path_or_repo_id: str | os.PathLike, *, config: Pr
 
 
 def _read_config(cls: type, path_or_repo_id: str | os.PathLike, hub: dict[str, Any]) -> PretrainedConfig:
-    with open(resolve_file(path_or_repo_id, "config.json", **hub), encoding="utf-8") as f:
-        data = json.load(f)
+    data = read_json(resolve_file(path_or_repo_id, "config.json", **hub))
     expected = cls.config_class.model_type
     found = data.get("model_type")
     if expected and found != expected:
@@ -133,8 +131,7 @@ def checkpoint_files(path_or_repo_id: str | os.PathLike, use_safetensors: bool |
     for index_name, single_name in names:
         index = resolve_optional(path_or_repo_id, index_name, **hub)
         if index is not None:
-            with open(index, encoding="utf-8") as f:
-                shard_names = sorted(set(json.load(f)["weight_map"].values()))
+            shard_names = sorted(set(read_json(index)["weight_map"].values()))
             return [resolve_file(path_or_repo_id, name, **hub) for name in shard_names]
         single = resolve_optional(path_or_repo_id, single_name, **hub)
         if single is not None:

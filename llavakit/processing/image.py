@@ -22,7 +22,7 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 
-from llavakit.loading.hub import resolve_file
+from llavakit.loading.hub import read_json, resolve_file
 from llavakit.processing.batch import BatchFeature
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -428,24 +428,16 @@ class CLIPImageProcessor:
         return path
 
 
-def _read_json(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
-
-
 def load_image_processor_dict(path_or_repo_id: str | os.PathLike, **hub: Any) -> dict[str, Any]:
     """The image processor config: processor_config.json's `image_processor` (transformers 5) wins over
     preprocessor_config.json (older checkpoints), as in transformers."""
     processor_file = resolve_file(path_or_repo_id, PROCESSOR_NAME, required=False, **hub)
     if processor_file is not None:
-        nested = _read_json(processor_file).get("image_processor")
+        nested = read_json(processor_file).get("image_processor")
         if isinstance(nested, dict):
             return nested
     config_file = resolve_file(path_or_repo_id, IMAGE_PROCESSOR_NAME, required=False, **hub)
     if config_file is None:
         raise FileNotFoundError(f"no image processor config in {os.fspath(path_or_repo_id)}: expected "
                                 f"{IMAGE_PROCESSOR_NAME} or an 'image_processor' entry in {PROCESSOR_NAME}")
-    return _read_json(config_file)
+    return read_json(config_file)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
 
-from llavakit.loading.hub import resolve_file
+from llavakit.loading.hub import read_json, resolve_file
 from llavakit.processing import chat_template as chat
 from llavakit.processing.batch import BatchEncoding
 
@@ -626,14 +626,6 @@ def save_chat_templates(template: str | dict | None, save_directory: str | os.Pa
     return paths
 
 
-def _read_json(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
-
-
 def read_chat_templates(path_or_repo_id: str | os.PathLike, hub: dict[str, Any]) -> dict[str, str]:
     """chat_template.jinja ('default') plus chat_templates/*.jinja of a local folder."""
     templates: dict[str, str] = {}
@@ -668,7 +660,7 @@ def load_tokenizer_kwargs(path_or_repo_id: str | os.PathLike, hub: dict[str, Any
             f"{TOKENIZER_FILE} not found in {os.fspath(path_or_repo_id)}: llavakit reads the fast-tokenizer file only "
             "(convert a SentencePiece tokenizer.model once with transformers' AutoTokenizer(...).save_pretrained)")
     config_file = resolve_file(path_or_repo_id, TOKENIZER_CONFIG_FILE, required=False, **hub)
-    config = _read_json(config_file) if config_file is not None else {}
+    config = read_json(config_file) if config_file is not None else {}
     config.pop("init_inputs", None)
     # transformers 5: with a tokenizer.json, its post-processor decides BOS/EOS, not tokenizer_config.json
     config.pop("add_bos_token", None)
@@ -687,7 +679,7 @@ def load_tokenizer_kwargs(path_or_repo_id: str | os.PathLike, hub: dict[str, Any
         # Legacy checkpoints: special_tokens_map.json fills the special tokens (the user's kwargs still win).
         map_file = resolve_file(path_or_repo_id, SPECIAL_TOKENS_MAP_FILE, required=False, **hub)
         if map_file is not None:
-            for key, value in _read_json(map_file).items():
+            for key, value in read_json(map_file).items():
                 if overrides.get(key):
                     continue
                 if key in ("additional_special_tokens", "extra_special_tokens") and isinstance(value, list):
@@ -720,9 +712,9 @@ class AutoTokenizer:
     @classmethod
     def tokenizer_class_for(cls, path_or_repo_id: str | os.PathLike, hub: dict[str, Any]) -> type:
         config_file = resolve_file(path_or_repo_id, TOKENIZER_CONFIG_FILE, required=False, **hub)
-        declared = (_read_json(config_file).get("tokenizer_class") or "") if config_file is not None else ""
+        declared = (read_json(config_file).get("tokenizer_class") or "") if config_file is not None else ""
         model_config_file = resolve_file(path_or_repo_id, "config.json", required=False, **hub)
-        model_type = _read_json(model_config_file).get("model_type") if model_config_file is not None else None
+        model_type = read_json(model_config_file).get("model_type") if model_config_file is not None else None
         if model_type in cls.GENERIC_MODEL_TYPES or declared.removesuffix("Fast") != "LlamaTokenizer":
             return PreTrainedTokenizerFast
         tokenizer_file = resolve_file(path_or_repo_id, TOKENIZER_FILE, required=False, **hub)
@@ -732,5 +724,5 @@ class AutoTokenizer:
 
 
 def _is_byte_level(tokenizer_file: str) -> bool:
-    raw = _read_json(tokenizer_file)
+    raw = read_json(tokenizer_file)
     return "ByteLevel" in json.dumps([raw.get("pre_tokenizer"), raw.get("decoder")])
