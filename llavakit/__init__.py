@@ -22,6 +22,7 @@ _EXPORTS = {
     "LlamaConfig": "llavakit.config",
     "MistralConfig": "llavakit.config",
     "LlavaConfig": "llavakit.config",
+    "VipLlavaConfig": "llavakit.config",
     # models
     "CLIPVisionModel": "llavakit.models.clip",
     "LlamaModel": "llavakit.models.llama",
@@ -31,6 +32,9 @@ _EXPORTS = {
     "LlavaMultiModalProjector": "llavakit.models.llava",
     "LlavaModel": "llavakit.models.llava",
     "LlavaForConditionalGeneration": "llavakit.models.llava",
+    "VipLlavaMultiModalProjector": "llavakit.models.vipllava",
+    "VipLlavaModel": "llavakit.models.vipllava",
+    "VipLlavaForConditionalGeneration": "llavakit.models.vipllava",
     "LlavaCausalLMOutputWithPast": "llavakit.models.outputs",
     "LlavaModelOutputWithPast": "llavakit.models.outputs",
     "DynamicCache": "llavakit.models.cache",

@@ -5,5 +5,7 @@ from llavakit.config.base import PretrainedConfig
 from llavakit.config.clip import CLIPVisionConfig
 from llavakit.config.llama import LlamaConfig, MistralConfig
 from llavakit.config.llava import LlavaConfig
+from llavakit.config.vipllava import VipLlavaConfig
 
-__all__ = ["AutoConfig", "PretrainedConfig", "CLIPVisionConfig", "LlamaConfig", "MistralConfig", "LlavaConfig"]
+__all__ = ["AutoConfig", "PretrainedConfig", "CLIPVisionConfig", "LlamaConfig", "MistralConfig", "LlavaConfig",
+           "VipLlavaConfig"]

@@ -10,9 +10,11 @@ from llavakit.config.base import CONFIG_NAME, PretrainedConfig, _HUB_KWARGS
 from llavakit.config.clip import CLIPVisionConfig
 from llavakit.config.llama import LlamaConfig, MistralConfig
 from llavakit.config.llava import LlavaConfig
+from llavakit.config.vipllava import VipLlavaConfig
 
 CONFIG_CLASSES: dict[str, type[PretrainedConfig]] = {
     "llava": LlavaConfig,
+    "vipllava": VipLlavaConfig,
     "llama": LlamaConfig,
     "mistral": MistralConfig,
     "clip_vision_model": CLIPVisionConfig,

@@ -13,6 +13,7 @@ from llavakit.models.base import PreTrainedModel
 from llavakit.models.clip import CLIPVisionModel
 from llavakit.models.llama import LlamaForCausalLM, LlamaModel, MistralForCausalLM, MistralModel
 from llavakit.models.llava import LlavaForConditionalGeneration, LlavaModel
+from llavakit.models.vipllava import VipLlavaForConditionalGeneration, VipLlavaModel
 
 # Only the hub/config-reading keyword arguments go to AutoConfig; the rest go to the model's from_pretrained.
 _CONFIG_KWARGS = ("revision", "local_files_only", "cache_dir", "token", "force_download", "subfolder")
@@ -56,7 +57,7 @@ class _AutoModel:
 
 
 class AutoModelForImageTextToText(_AutoModel):
-    _classes = {"llava": LlavaForConditionalGeneration}
+    _classes = {"llava": LlavaForConditionalGeneration, "vipllava": VipLlavaForConditionalGeneration}
 
 
 class AutoModelForVision2Seq(AutoModelForImageTextToText):
@@ -70,5 +71,5 @@ class AutoModelForCausalLM(_AutoModel):
 class AutoModel(_AutoModel):
     """Models without a head."""
 
-    _classes = {"llava": LlavaModel, "llama": LlamaModel, "mistral": MistralModel,
+    _classes = {"llava": LlavaModel, "vipllava": VipLlavaModel, "llama": LlamaModel, "mistral": MistralModel,
                 "clip_vision_model": CLIPVisionModel}

@@ -71,6 +71,11 @@ class _LlavaImageMixin:
         features = states[0] if len(states) == 1 else torch.cat(states, dim=-1)  # (N, P, Hv * len(layers))
         return self.multi_modal_projector(features)  # (N, P, Ht)
 
+    def _features_for_merge(self, pixel_values: torch.Tensor, vision_feature_layer: int | list[int] | None,
+                            vision_feature_select_strategy: str | None) -> torch.Tensor:
+        """The features `_merge_image_features` writes in; variants with other feature options override this."""
+        return self.get_image_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+
     def _merge_image_features(self, input_ids: torch.Tensor | None, pixel_values: torch.Tensor | None,
                               inputs_embeds: torch.Tensor | None, vision_feature_layer: int | list[int] | None,
                               vision_feature_select_strategy: str | None,
@@ -88,7 +93,7 @@ class _LlavaImageMixin:
             return inputs_embeds, None
 
         image_token = self.config.image_token_index
-        features = self.get_image_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+        features = self._features_for_merge(pixel_values, vision_feature_layer, vision_feature_select_strategy)
         n_images, per_image = features.shape[:2]
         features = features.reshape(-1, features.shape[-1]).to(inputs_embeds.device, inputs_embeds.dtype)
         if input_ids is not None:
@@ -127,12 +132,13 @@ class LlavaModel(_LlavaImageMixin, PreTrainedModel):
     """LLaVA without the LM head: returns the decoder's last hidden state."""
 
     config_class = LlavaConfig
+    projector_class: type[nn.Module] = LlavaMultiModalProjector
 
     def __init__(self, config: LlavaConfig) -> None:
         super().__init__(config)
         _share_attn_implementation(config)
         self.vision_tower = CLIPVisionModel(config.vision_config)
-        self.multi_modal_projector = LlavaMultiModalProjector(config)
+        self.multi_modal_projector = self.projector_class(config)
         self.language_model = _text_classes(config)[0](config.text_config)
         init_weights(self, config.text_config.initializer_range, skip=(PreTrainedModel,))
 
@@ -167,13 +173,14 @@ class LlavaForConditionalGeneration(_LlavaImageMixin, PreTrainedModel, Generatio
     """LLaVA with the LM head: `model(**processor(images=..., text=...))` gives next-token logits."""
 
     config_class = LlavaConfig
+    projector_class: type[nn.Module] = LlavaMultiModalProjector
     main_input_name = "input_ids"
 
     def __init__(self, config: LlavaConfig) -> None:
         super().__init__(config)
         _share_attn_implementation(config)
         self.vision_tower = CLIPVisionModel(config.vision_config)
-        self.multi_modal_projector = LlavaMultiModalProjector(config)
+        self.multi_modal_projector = self.projector_class(config)
         self.language_model = _text_classes(config)[1](config.text_config)
         init_weights(self, config.text_config.initializer_range, skip=(PreTrainedModel,))
         self.tie_weights()

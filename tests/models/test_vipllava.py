@@ -1,0 +1,274 @@
+"""ViP-LLaVA against transformers' VipLlavaForConditionalGeneration on a tiny random checkpoint saved by transformers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import transformers
+from PIL import Image
+
+from llavakit import AutoConfig, AutoModel, AutoModelForImageTextToText
+from llavakit.config import VipLlavaConfig
+from llavakit.models.outputs import LlavaCausalLMOutputWithPast
+from llavakit.models.vipllava import VipLlavaForConditionalGeneration, VipLlavaModel, VipLlavaMultiModalProjector
+from tests import assets
+
+IMAGE, PAD = 32000, 32001
+N_TOKENS = assets.IMAGE_TOKENS  # 16 per image, CLS always dropped
+VISION_LAYERS = 10  # deep enough for the default layer list [-2, -5, -8, -11, 6]
+ATOL = 1e-5
+PROMPT = "USER: <image>\nWhat is shown in this image? ASSISTANT:"
+PROCESSOR_FILES = ("processor_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+def build_tiny_vipllava(out_dir, processor_src, seed: int = 0, **config_overrides):
+    """A tiny random ViP-LLaVA saved by transformers 5, with the tiny LLaVA's processor files beside it."""
+    torch.manual_seed(seed)
+    config = transformers.VipLlavaConfig(
+        vision_config=dict(assets.TINY_VISION, num_hidden_layers=VISION_LAYERS),
+        text_config=dict(assets.TINY_TEXT, model_type="llama"), image_token_index=IMAGE, pad_token_id=PAD,
+        **config_overrides)
+    model = transformers.VipLlavaForConditionalGeneration(config).eval()
+    assets.perturb_(model, seed)
+    model.save_pretrained(out_dir)
+    for name in PROCESSOR_FILES:
+        shutil.copy(processor_src / name, out_dir / name)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def vip_dir(tmp_path_factory, tiny_llava_dir):
+    return build_tiny_vipllava(tmp_path_factory.mktemp("tiny-vipllava"), tiny_llava_dir)
+
+
+@pytest.fixture(scope="module")
+def vip_hub_dir(tmp_path_factory, vip_dir):
+    """The published vip-llava layout: sharded, `vision_model.` keys, sparse config with the v4 key name."""
+    dst = assets.to_hub_layout(vip_dir, tmp_path_factory.mktemp("tiny-vipllava-hub"))
+    config = json.loads((dst / "config.json").read_text())
+    config["vision_feature_layers"] = config.pop("vision_feature_layer")
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def pair(vip_dir):
+    hf = transformers.VipLlavaForConditionalGeneration.from_pretrained(vip_dir).eval()
+    return hf, VipLlavaForConditionalGeneration.from_pretrained(vip_dir)
+
+
+def prompt(n_images: int, seed: int = 0) -> list[int]:
+    gen = torch.Generator().manual_seed(seed)
+    ids = [1] + torch.randint(3, 31000, (3,), generator=gen).tolist()
+    for _ in range(n_images):
+        ids += [IMAGE] * N_TOKENS + torch.randint(3, 31000, (4,), generator=gen).tolist()
+    return ids
+
+
+def batch(prompts: list[list[int]]):
+    """Left-pad to one length: input_ids, attention_mask and the mask-derived position_ids."""
+    width = max(map(len, prompts))
+    ids = torch.tensor([[PAD] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def pixels(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor, atol: float = ATOL) -> None:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    torch.testing.assert_close(a, b, atol=atol, rtol=0)
+
+
+def run_both(hf, ours, **inputs):
+    with torch.no_grad():
+        return hf(**inputs), ours(**inputs)
+
+
+def test_state_dict_has_the_hub_layout(pair):
+    _, ours = pair
+    keys = set(ours.state_dict())
+    assert isinstance(ours.multi_modal_projector, VipLlavaMultiModalProjector)
+    assert {"multi_modal_projector.projector_layernorm.weight", "multi_modal_projector.projector_layernorm.bias",
+            "multi_modal_projector.linear_1.bias", "multi_modal_projector.linear_2.bias"} <= keys
+    assert ours.multi_modal_projector.projector_layernorm.normalized_shape == (5 * 32,)
+    assert "vision_tower.vision_model.encoder.layers.9.mlp.fc1.weight" in keys
+    assert "language_model.lm_head.weight" in keys
+
+
+@pytest.mark.parametrize("n_images", [1, 2])
+def test_logits_and_image_features_match_transformers(pair, n_images):
+    hf, ours = pair
+    ids = torch.tensor([prompt(n_images)])
+    a, b = run_both(hf, ours, input_ids=ids, pixel_values=pixels(n_images), output_hidden_states=True)
+    assert isinstance(b, LlavaCausalLMOutputWithPast)
+    assert_close(b.logits, a.logits)
+    assert b.image_hidden_states.shape == (n_images, N_TOKENS, 64)  # per image, unlike LLaVA's (N * P, H)
+    assert_close(b.image_hidden_states, a.image_hidden_states)
+    for x, y in zip(b.hidden_states, a.hidden_states, strict=True):
+        assert_close(x, y)
+    with torch.no_grad():
+        as_tuple = ours(input_ids=ids, pixel_values=pixels(n_images), return_dict=False)
+        reference = hf(input_ids=ids, pixel_values=pixels(n_images), return_dict=False)
+    assert len(as_tuple) == len(reference) == 3
+    assert_close(as_tuple[2], reference[2])
+
+
+def test_left_padded_batch_and_loss_match_transformers(pair):
+    hf, ours = pair
+    ids, mask, pos = batch([prompt(1, seed=1), prompt(2, seed=2)])
+    labels = ids.masked_fill((ids == IMAGE) | (mask == 0), -100)
+    a, b = run_both(hf, ours, input_ids=ids, attention_mask=mask, position_ids=pos, pixel_values=pixels(3),
+                    labels=labels)
+    assert_close(b.logits, a.logits)
+    assert_close(b.loss, a.loss)
+    assert b.loss.item() > 0
+
+
+def test_get_image_features_matches_transformers(pair):
+    hf, ours = pair
+    with torch.no_grad():
+        features = ours.get_image_features(pixels(2))
+        reference = hf.get_image_features(pixels(2)).pooler_output
+    assert features.shape == (2, N_TOKENS, 64)
+    assert_close(features, reference)
+
+
+def test_features_are_the_listed_layers_without_cls_in_list_order(pair):
+    _, ours = pair
+    tower, projector = ours.vision_tower, ours.multi_modal_projector
+    with torch.no_grad():
+        states = tower(pixels(1), output_hidden_states=True).hidden_states  # 11 states
+        by_hand = torch.cat([states[i][:, 1:] for i in (-2, -5, -8, -11, 6)], dim=-1)  # (1, 16, 160)
+        assert_close(ours.get_image_features(pixels(1)), projector(by_hand), atol=0)
+        swapped = torch.cat([states[i][:, 1:] for i in (6, -5, -8, -11, -2)], dim=-1)
+        assert_close(ours.get_image_features(pixels(1), [6, -5, -8, -11, -2]), projector(swapped), atol=0)
+
+
+def test_layer_argument_under_either_name(pair):
+    hf, ours = pair
+    layers = [1, 2, 3, 4, 5]
+    ids = torch.tensor([prompt(1, seed=3)])
+    with torch.no_grad():
+        reference = hf(input_ids=ids, pixel_values=pixels(1), vision_feature_layer=layers).logits
+        v4 = ours(input_ids=ids, pixel_values=pixels(1), vision_feature_layers=layers).logits
+        v5 = ours(input_ids=ids, pixel_values=pixels(1), vision_feature_layer=layers).logits
+        default = ours(input_ids=ids, pixel_values=pixels(1)).logits
+        assert_close(ours.get_image_features(pixels(1), vision_feature_layer=layers),
+                     ours.get_image_features(pixels(1), vision_feature_layers=layers), atol=0)
+    assert_close(v4, reference)
+    assert_close(v5, reference)
+    assert (v4 - default).abs().max() > 1e-3  # the argument is used
+    with pytest.raises(ValueError, match="two names for the same argument"):
+        ours(input_ids=ids, pixel_values=pixels(1), vision_feature_layers=layers, vision_feature_layer=[1, 2, 3, 4, 6])
+    with pytest.raises(ValueError, match="selects 2 layer.*built for 5"):
+        ours.get_image_features(pixels(1), [-2, -3])
+    with pytest.raises(ValueError, match="non-empty list of ints, got \\[\\]"):
+        ours.get_image_features(pixels(1), [])
+    with pytest.raises(ValueError, match="vision feature layer 11 is out of range.*10 layers"):
+        ours.get_image_features(pixels(1), [-2, -5, -8, -11, 11])
+
+
+def test_vipllava_model_matches_transformers(vip_dir):
+    hf = transformers.VipLlavaModel.from_pretrained(vip_dir).eval()
+    ours = VipLlavaModel.from_pretrained(vip_dir)
+    assert "language_model.embed_tokens.weight" in ours.state_dict()
+    ids = torch.tensor([prompt(1, seed=4)])
+    a, b = run_both(hf, ours, input_ids=ids, pixel_values=pixels(1))
+    assert_close(b.last_hidden_state, a.last_hidden_state)
+    assert_close(b.image_hidden_states, a.image_hidden_states)
+
+
+def test_hub_layout_with_the_v4_key_name_gives_the_same_logits(pair, vip_hub_dir):
+    _, ours = pair
+    config = json.loads((vip_hub_dir / "config.json").read_text())
+    assert "vision_feature_layers" in config and "vision_feature_layer" not in config
+    hub = VipLlavaForConditionalGeneration.from_pretrained(vip_hub_dir)
+    assert hub.config.vision_feature_layers == [-2, -5, -8, -11, 6]
+    reference = transformers.VipLlavaForConditionalGeneration.from_pretrained(vip_hub_dir).eval()
+    ids = torch.tensor([prompt(1, seed=5)])
+    with torch.no_grad():
+        logits = hub(input_ids=ids, pixel_values=pixels(1)).logits
+        assert_close(logits, ours(input_ids=ids, pixel_values=pixels(1)).logits, atol=0)
+        assert_close(logits, reference(input_ids=ids, pixel_values=pixels(1)).logits)
+
+
+def test_save_pretrained_is_read_back_by_transformers(pair, tmp_path):
+    hf, ours = pair
+    ours.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "vipllava" and saved["vision_feature_layers"] == [-2, -5, -8, -11, 6]
+    reloaded = transformers.VipLlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert list(reloaded.config.vision_feature_layer) == [-2, -5, -8, -11, 6]
+    ids = torch.tensor([prompt(1, seed=6)])
+    with torch.no_grad():
+        assert_close(reloaded(input_ids=ids, pixel_values=pixels(1)).logits,
+                     hf(input_ids=ids, pixel_values=pixels(1)).logits, atol=0)
+
+
+def test_auto_classes_dispatch_on_vipllava(vip_dir):
+    assert type(AutoConfig.from_pretrained(vip_dir)) is VipLlavaConfig
+    model = AutoModelForImageTextToText.from_pretrained(vip_dir)
+    assert type(model) is VipLlavaForConditionalGeneration
+    assert type(AutoModel.from_pretrained(vip_dir)) is VipLlavaModel
+
+
+def test_image_token_mismatch_errors(pair):
+    _, ours = pair
+    one_short = prompt(1)
+    one_short.remove(IMAGE)
+    with pytest.raises(ValueError, match="Image features and image tokens do not match: tokens: 15, features: 16"):
+        ours(input_ids=torch.tensor([one_short]), pixel_values=pixels(1))
+    with pytest.raises(ValueError, match="tokens: 16, features: 32"):
+        ours(input_ids=torch.tensor([prompt(1)]), pixel_values=pixels(2))
+
+
+@pytest.fixture(scope="module")
+def processor(vip_dir):
+    processor = transformers.AutoProcessor.from_pretrained(vip_dir)
+    processor.tokenizer.padding_side = "left"
+    return processor
+
+
+@pytest.fixture(scope="module")
+def images(photos):
+    return {name: Image.open(path) for name, path in photos.items()}
+
+
+def test_greedy_generate_single_image_matches_transformers(pair, processor, images):
+    hf, ours = pair
+    inputs = processor(images=images["chelsea"], text=PROMPT, return_tensors="pt")
+    assert int((inputs["input_ids"] == IMAGE).sum()) == N_TOKENS
+    with torch.no_grad():
+        theirs = hf.generate(**inputs, max_new_tokens=10, do_sample=False)
+    mine = ours.generate(**inputs, max_new_tokens=10, do_sample=False)
+    assert mine.shape == theirs.shape and mine.shape[1] > inputs["input_ids"].shape[1]
+    assert torch.equal(mine, theirs), (mine, theirs)
+
+
+def test_greedy_generate_left_padded_batch_matches_transformers(pair, processor, images):
+    hf, ours = pair
+    texts = [PROMPT, "USER: <image>\nWhat? ASSISTANT:"]
+    inputs = processor(images=[images["astronaut"], images["coffee"]], text=texts, padding=True,
+                       return_tensors="pt")
+    assert inputs["attention_mask"][1, 0] == 0  # the shorter row is left-padded
+    with torch.no_grad():
+        theirs = hf.generate(**inputs, max_new_tokens=10, do_sample=False)
+    mine = ours.generate(**inputs, max_new_tokens=10, do_sample=False)
+    assert torch.equal(mine, theirs), (mine, theirs)
+
+
+def test_random_model_built_from_a_config():
+    config = VipLlavaConfig(vision_config=dict(assets.TINY_VISION), text_config=dict(assets.TINY_TEXT),
+                            vision_feature_layers=[-2, -3, 1])
+    model = VipLlavaForConditionalGeneration(config).eval()
+    norm = model.multi_modal_projector.projector_layernorm
+    assert torch.equal(norm.weight, torch.ones(96)) and torch.equal(norm.bias, torch.zeros(96))
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([prompt(1)]), pixel_values=pixels(1))
+    assert torch.isfinite(out.logits).all() and out.logits.shape == (1, 24, 32064)
