@@ -1,0 +1,94 @@
+"""The transformers LLaVA documentation examples, run twice: once as written, once with only the import
+changed to llavakit. Both runs must print the same thing (decoded text, token ids, loss)."""
+
+import pytest
+
+SINGLE_IMAGE = """
+import torch
+from PIL import Image
+from {lib} import AutoProcessor, LlavaForConditionalGeneration
+
+model = LlavaForConditionalGeneration.from_pretrained(model_id, torch_dtype=torch.float32, low_cpu_mem_usage=True)
+processor = AutoProcessor.from_pretrained(model_id)
+
+conversation = [
+    {{"role": "user", "content": [{{"type": "text", "text": "What are these?"}}, {{"type": "image"}}]}},
+]
+prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+raw_image = Image.open(image_files[0])
+inputs = processor(images=raw_image, text=prompt, return_tensors="pt").to("cpu", torch.float32)
+output = model.generate(**inputs, max_new_tokens=20, do_sample=False)
+result = [prompt, output.tolist(), processor.decode(output[0][2:], skip_special_tokens=True)]
+"""
+
+CHAT_TEMPLATE_TOKENIZE = """
+from {lib} import AutoProcessor, LlavaForConditionalGeneration
+
+model = LlavaForConditionalGeneration.from_pretrained(model_id)
+processor = AutoProcessor.from_pretrained(model_id)
+messages = [
+    {{"role": "user", "content": [{{"type": "image", "url": image_files[1]}},
+                                 {{"type": "text", "text": "What is shown in this image?"}}]}},
+    {{"role": "assistant", "content": [{{"type": "text", "text": "A cup of coffee."}}]}},
+    {{"role": "user", "content": [{{"type": "text", "text": "Is it hot?"}}]}},
+]
+inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                       return_tensors="pt")
+generate_ids = model.generate(**inputs, max_new_tokens=15)
+result = [inputs["input_ids"].tolist(), processor.batch_decode(generate_ids, skip_special_tokens=True)]
+"""
+
+BATCHED_LEFT_PADDING = """
+from PIL import Image
+from {lib} import AutoProcessor, LlavaForConditionalGeneration
+
+model = LlavaForConditionalGeneration.from_pretrained(model_id)
+processor = AutoProcessor.from_pretrained(model_id)
+processor.tokenizer.padding_side = "left"
+prompts = [
+    "USER: <image>\\nWhat are the things I should be cautious about when I visit this place? ASSISTANT:",
+    "USER: <image>\\nWhat is this? ASSISTANT:",
+    "USER: <image>\\n<image>\\nWhat is the difference between these two images? ASSISTANT:",
+]
+images = [Image.open(path) for path in image_files[:4]]
+inputs = processor(images=images, text=prompts, padding=True, return_tensors="pt")
+generate_ids = model.generate(**inputs, max_new_tokens=20)
+result = [inputs["attention_mask"].tolist(),
+          processor.batch_decode(generate_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)]
+"""
+
+LABELS_AND_LOSS = """
+import torch
+from PIL import Image
+from {lib} import AutoProcessor, LlavaForConditionalGeneration
+
+model = LlavaForConditionalGeneration.from_pretrained(model_id)
+processor = AutoProcessor.from_pretrained(model_id)
+texts = ["USER: <image>\\nWhat is this? ASSISTANT: A cat on a sofa.",
+         "USER: <image>\\nDescribe it. ASSISTANT: A rocket on the launch pad."]
+images = [Image.open(image_files[0]), Image.open(image_files[2])]
+batch = processor(images=images, text=texts, padding=True, return_tensors="pt")
+labels = batch["input_ids"].clone()
+labels[batch["attention_mask"] == 0] = -100
+labels[labels == model.config.image_token_index] = -100
+outputs = model(**batch, labels=labels)
+result = [round(outputs.loss.item(), 5), tuple(outputs.logits.shape), tuple(outputs.image_hidden_states.shape)]
+"""
+
+EXAMPLES = {"single_image": SINGLE_IMAGE, "chat_template_tokenize": CHAT_TEMPLATE_TOKENIZE,
+            "batched_left_padding": BATCHED_LEFT_PADDING, "labels_and_loss": LABELS_AND_LOSS}
+
+
+def run_example(code: str, lib: str, model_id: str, image_files: list[str]):
+    namespace = {"model_id": model_id, "image_files": image_files}
+    exec(code.format(lib=lib), namespace)
+    return namespace["result"]
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.parametrize("layout", ["transformers5", "hub"])
+def test_doc_example_gives_transformers_output(name, layout, tiny_llava_dir, tiny_llava_hub_dir, photos):
+    model_id = str(tiny_llava_dir if layout == "transformers5" else tiny_llava_hub_dir)
+    image_files = [str(photos[n]) for n in ("chelsea", "coffee", "rocket", "astronaut")]
+    expected = run_example(EXAMPLES[name], "transformers", model_id, image_files)
+    assert run_example(EXAMPLES[name], "llavakit", model_id, image_files) == expected
