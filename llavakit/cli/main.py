@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llavakit.cli import generate
+from llavakit.cli import convert, generate
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llavakit", description="Run LLaVA-family vision-language models.")
     sub = parser.add_subparsers(dest="command", required=True)
     generate.add_parser(sub)
+    convert.add_parser(sub)
     return parser
 
 

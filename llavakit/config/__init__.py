@@ -5,7 +5,10 @@ from llavakit.config.base import PretrainedConfig
 from llavakit.config.clip import CLIPVisionConfig
 from llavakit.config.llama import LlamaConfig, MistralConfig
 from llavakit.config.llava import LlavaConfig
+from llavakit.config.qwen2 import Qwen2Config
+from llavakit.config.siglip import SiglipVisionConfig
+from llavakit.config.llava_next import LlavaNextConfig
 from llavakit.config.vipllava import VipLlavaConfig
 
 __all__ = ["AutoConfig", "PretrainedConfig", "CLIPVisionConfig", "LlamaConfig", "MistralConfig", "LlavaConfig",
-           "VipLlavaConfig"]
+           "LlavaNextConfig", "VipLlavaConfig", "Qwen2Config", "SiglipVisionConfig"]

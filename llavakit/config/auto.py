@@ -10,14 +10,20 @@ from llavakit.config.base import CONFIG_NAME, PretrainedConfig, _HUB_KWARGS
 from llavakit.config.clip import CLIPVisionConfig
 from llavakit.config.llama import LlamaConfig, MistralConfig
 from llavakit.config.llava import LlavaConfig
+from llavakit.config.qwen2 import Qwen2Config
+from llavakit.config.siglip import SiglipVisionConfig
+from llavakit.config.llava_next import LlavaNextConfig
 from llavakit.config.vipllava import VipLlavaConfig
 
 CONFIG_CLASSES: dict[str, type[PretrainedConfig]] = {
     "llava": LlavaConfig,
+    "llava_next": LlavaNextConfig,
     "vipllava": VipLlavaConfig,
     "llama": LlamaConfig,
     "mistral": MistralConfig,
     "clip_vision_model": CLIPVisionConfig,
+    "qwen2": Qwen2Config,
+    "siglip_vision_model": SiglipVisionConfig,
 }
 
 

@@ -8,12 +8,17 @@ from typing import Any, ClassVar
 from llavakit.config.base import PretrainedConfig, check_choice
 from llavakit.config.clip import CLIPVisionConfig
 from llavakit.config.llama import LlamaConfig, MistralConfig
+from llavakit.config.qwen2 import Qwen2Config
+from llavakit.config.siglip import SiglipVisionConfig
 
 VISION_CONFIGS: dict[str, type[PretrainedConfig]] = {
     "clip_vision_model": CLIPVisionConfig,
     "clip": CLIPVisionConfig,
+    "siglip_vision_model": SiglipVisionConfig,
+    "siglip": SiglipVisionConfig,
 }
-TEXT_CONFIGS: dict[str, type[PretrainedConfig]] = {"llama": LlamaConfig, "mistral": MistralConfig}
+TEXT_CONFIGS: dict[str, type[PretrainedConfig]] = {"llama": LlamaConfig, "mistral": MistralConfig,
+                                                   "qwen2": Qwen2Config}
 
 
 def resolve_sub_config(value: Any, table: dict[str, type[PretrainedConfig]], fallback: str,

@@ -48,18 +48,19 @@ DECODER_BASE_TO_HUB: list[tuple[str, str]] = [("", "model.")]
 ALWAYS_IGNORED = (".rotary_emb.inv_freq", "embeddings.position_ids")
 BASE_MODEL_IGNORED = ("language_model.lm_head.", "lm_head.")
 
-BASE_MODELS = ("LlavaModel", "VipLlavaModel", "LlamaModel", "MistralModel")
+BASE_MODELS = ("LlavaModel", "VipLlavaModel", "LlavaNextModel", "LlamaModel", "MistralModel", "Qwen2Model")
 
 
 def layout_rules(model_class_name: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(rules to the Hub layout, rules from the Hub layout to this class's modules) for a model class."""
-    if model_class_name in ("LlavaForConditionalGeneration", "VipLlavaForConditionalGeneration"):
+    if model_class_name in ("LlavaForConditionalGeneration", "VipLlavaForConditionalGeneration",
+                            "LlavaNextForConditionalGeneration"):
         return LLAVA_TO_HUB, []
-    if model_class_name in ("LlavaModel", "VipLlavaModel"):
+    if model_class_name in ("LlavaModel", "VipLlavaModel", "LlavaNextModel"):
         return LLAVA_TO_HUB, LLAVA_HUB_TO_BASE
-    if model_class_name == "CLIPVisionModel":
+    if model_class_name in ("CLIPVisionModel", "SiglipVisionModel"):  # same layouts, same rules
         return CLIP_TO_HUB, []
-    if model_class_name in ("LlamaModel", "MistralModel"):
+    if model_class_name in ("LlamaModel", "MistralModel", "Qwen2Model"):
         return [], DECODER_HUB_TO_BASE
     return [], []  # causal decoders: checkpoint names are module names
 
@@ -73,8 +74,34 @@ def is_ignored(hub_key: str, model_class_name: str) -> bool:
 
 def save_rules(model_class_name: str) -> list[tuple[str, str]]:
     """Rules from this class's module names to the Hub layout that save_pretrained writes."""
-    if model_class_name in ("LlavaModel", "VipLlavaModel"):
+    if model_class_name in ("LlavaModel", "VipLlavaModel", "LlavaNextModel"):
         return LLAVA_BASE_TO_HUB
-    if model_class_name in ("LlamaModel", "MistralModel"):
+    if model_class_name in ("LlamaModel", "MistralModel", "Qwen2Model"):
         return DECODER_BASE_TO_HUB
     return []
+
+
+# Original (liuhaotian / mucai / lmms-lab) LLaVA checkpoints -> the Hub layout. Ordered, first match wins;
+# a key no rule matches is an error (see llavakit/loading/original.py). ViP's projector is a LayerNorm plus
+# a Sequential(Linear, GELU, Linear); LLaVA's is the bare Sequential.
+ORIGINAL_TO_HUB: list[tuple[str, str]] = [
+    ("model.vision_tower.vision_tower.vision_model.", "vision_tower.vision_model."),
+    ("model.mm_projector.clip_layernorm.", "multi_modal_projector.projector_layernorm."),
+    ("model.mm_projector.final_linear.0.", "multi_modal_projector.linear_1."),
+    ("model.mm_projector.final_linear.2.", "multi_modal_projector.linear_2."),
+    ("model.mm_projector.0.", "multi_modal_projector.linear_1."),
+    ("model.mm_projector.2.", "multi_modal_projector.linear_2."),
+    ("model.image_newline", "image_newline"),
+    ("model.embed_tokens.", "language_model.model.embed_tokens."),
+    ("model.layers.", "language_model.model.layers."),
+    ("model.norm.", "language_model.model.norm."),
+    ("lm_head.", "language_model.lm_head."),
+]
+# Original tensors that carry nothing: stale RoPE tables, lmms-lab's parameter-free resampler.
+ORIGINAL_DROPPED = (".rotary_emb.inv_freq", "model.vision_resampler.")
+
+# A separate CLIP checkpoint (full CLIPModel or a bare vision model) -> LLaVA's vision tower; its text half
+# and projections are not part of LLaVA.
+CLIP_TOWER_TO_HUB: list[tuple[str, str]] = [("vision_model.", "vision_tower.vision_model."),
+                                            ("", "vision_tower.vision_model.")]
+CLIP_TOWER_DROPPED = ("text_model.", "text_projection.", "visual_projection.", "logit_scale")

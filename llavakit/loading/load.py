@@ -8,7 +8,7 @@ copies of the weights exist, so a 7B checkpoint loads in bf16 within about 15 Gi
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -50,17 +50,32 @@ def load_pretrained(cls: type, path_or_repo_id: str | os.PathLike, *, config: Pr
         raise ValueError(f"attn_implementation={attn_implementation!r} is not available; "
                          f"choose one of {ATTN_IMPLEMENTATIONS}")
 
-    if config is None:
-        config = _read_config(cls, path_or_repo_id, hub)
+    original_checkpoint = None
+    if config is None or getattr(config, "mm_vision_tower", None) is not None:
+        data = read_json(resolve_file(path_or_repo_id, "config.json", **hub))
+        from llavakit.loading import original  # original LLaVA layout (liuhaotian / mucai): converted on load
+
+        if original.is_original_config(data):
+            original_checkpoint = original.prepare(cls, path_or_repo_id, data, hub=hub, use_safetensors=use_safetensors,
+                                                   vision_tower=kwargs.pop("vision_tower", None),
+                                                   model_base=kwargs.pop("model_base", None),
+                                                   via_auto=config is not None)
+            cls, config = original_checkpoint.model_class, original_checkpoint.config
+        elif config is None:
+            config = _config_from_dict(cls, data)
     config = _apply_overrides(config, kwargs)
     config._attn_implementation = attn_implementation
     target_dtype = _resolve_dtype(torch_dtype if torch_dtype is not None else dtype, config)
     device = resolve_device(device_map)
 
-    files = checkpoint_files(path_or_repo_id, use_safetensors, hub)
+    files = checkpoint_files(path_or_repo_id, use_safetensors, hub) if original_checkpoint is None else []
     with torch.device("meta"):
         model = cls(config)
-    load_weights(model, files, dtype=target_dtype, device=device)
+    if original_checkpoint is None:
+        load_weights(model, files, dtype=target_dtype, device=device)
+    else:
+        load_tensors(model, original_checkpoint.tensors(), dtype=target_dtype, device=device,
+                     where=original_checkpoint.where)
     model.eval()
     if hasattr(model, "generate"):
         model.generation_config = _read_generation_config(path_or_repo_id, config, hub)
@@ -68,8 +83,7 @@ def load_pretrained(cls: type, path_or_repo_id: str | os.PathLike, *, config: Pr
     return model
 
 
-def _read_config(cls: type, path_or_repo_id: str | os.PathLike, hub: dict[str, Any]) -> PretrainedConfig:
-    data = read_json(resolve_file(path_or_repo_id, "config.json", **hub))
+def _config_from_dict(cls: type, data: dict[str, Any]) -> PretrainedConfig:
     expected = cls.config_class.model_type
     found = data.get("model_type")
     if expected and found != expected:
@@ -160,27 +174,36 @@ def _iter_tensors(path: str):
 
 def load_weights(model: nn.Module, files: list[str], *, dtype: torch.dtype, device: torch.device) -> None:
     """Fill a meta-device model from weight files; raise naming every missing, unexpected or mis-shaped key."""
+    where = files[0] if files else "(no files)"
+    if len(files) > 1:
+        where += " (+%d more files)" % (len(files) - 1)
+    load_tensors(model, (item for path in files for item in _iter_tensors(path)), dtype=dtype, device=device,
+                 where=where)
+
+
+def load_tensors(model: nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], *, dtype: torch.dtype,
+                 device: torch.device, where: str) -> None:
+    """Fill a meta-device model from (checkpoint name, tensor) pairs; `where` names their source in errors."""
     class_name = type(model).__name__
     to_hub, from_hub = keymaps.layout_rules(class_name)
     params = dict(model.named_parameters(remove_duplicate=False))
     unexpected, mismatched, loaded = [], [], set()
-    for path in files:
-        for ckpt_key, tensor in _iter_tensors(path):
-            hub_key = keymaps.rename(ckpt_key, to_hub)
-            key = keymaps.rename(hub_key, from_hub)
-            if key not in params:
-                if not keymaps.is_ignored(hub_key, class_name):
-                    unexpected.append(ckpt_key)
-                continue
-            if tuple(tensor.shape) != tuple(params[key].shape):
-                mismatched.append(f"{ckpt_key}: checkpoint {tuple(tensor.shape)} vs model {tuple(params[key].shape)}")
-                continue
-            if tensor.is_floating_point():
-                tensor = tensor.to(device=device, dtype=dtype)
-            else:
-                tensor = tensor.to(device=device)
-            _set_parameter(model, key, tensor)
-            loaded.add(key)
+    for ckpt_key, tensor in tensors:
+        hub_key = keymaps.rename(ckpt_key, to_hub)
+        key = keymaps.rename(hub_key, from_hub)
+        if key not in params:
+            if not keymaps.is_ignored(hub_key, class_name):
+                unexpected.append(ckpt_key)
+            continue
+        if tuple(tensor.shape) != tuple(params[key].shape):
+            mismatched.append(f"{ckpt_key}: checkpoint {tuple(tensor.shape)} vs model {tuple(params[key].shape)}")
+            continue
+        if tensor.is_floating_point():
+            tensor = tensor.to(device=device, dtype=dtype)
+        else:
+            tensor = tensor.to(device=device)
+        _set_parameter(model, key, tensor)
+        loaded.add(key)
 
     model.tie_weights()
     missing = [name for name, p in model.named_parameters() if p.is_meta]
@@ -192,9 +215,7 @@ def load_weights(model: nn.Module, files: list[str], *, dtype: torch.dtype, devi
     if mismatched:
         problems.append(f"shape mismatch: {_short_list(mismatched)}")
     if problems:
-        raise CheckpointMismatchError(f"{class_name} does not match the checkpoint in {', '.join(files[:1])}"
-                                      f"{' (+%d more files)' % (len(files) - 1) if len(files) > 1 else ''}: "
-                                      + "; ".join(problems))
+        raise CheckpointMismatchError(f"{class_name} does not match the checkpoint in {where}: " + "; ".join(problems))
     stale = [name for name, b in model.named_buffers() if b.is_meta]
     if stale:
         raise RuntimeError(f"{class_name} registers buffers the loader cannot fill: {stale[:5]}")

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from llavakit.loading import keymaps
-from llavakit.models.base import _ties_embeddings
 
 
 def parse_size(size: int | str) -> int:
@@ -41,7 +40,8 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *, max_
     rules = keymaps.save_rules(type(model).__name__)
     state = state_dict if state_dict is not None else model.state_dict()
     skip = set()
-    if _ties_embeddings(model.config) and model.get_output_embeddings() is not None:
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is model.get_input_embeddings().weight:
         # A tied head shares the embedding's storage; transformers writes only the embedding.
         skip = {k for k in state if k.endswith("lm_head.weight")}
     tensors = {keymaps.rename(k, rules): v.detach().contiguous().cpu() for k, v in state.items() if k not in skip}

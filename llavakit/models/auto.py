@@ -13,6 +13,9 @@ from llavakit.models.base import PreTrainedModel
 from llavakit.models.clip import CLIPVisionModel
 from llavakit.models.llama import LlamaForCausalLM, LlamaModel, MistralForCausalLM, MistralModel
 from llavakit.models.llava import LlavaForConditionalGeneration, LlavaModel
+from llavakit.models.llava_next import LlavaNextForConditionalGeneration, LlavaNextModel
+from llavakit.models.qwen2 import Qwen2ForCausalLM, Qwen2Model
+from llavakit.models.siglip import SiglipVisionModel
 from llavakit.models.vipllava import VipLlavaForConditionalGeneration, VipLlavaModel
 
 # Only the hub/config-reading keyword arguments go to AutoConfig; the rest go to the model's from_pretrained.
@@ -40,8 +43,17 @@ class _AutoModel:
             raise TypeError("from_pretrained takes the path or repo id as its only positional argument")
         config = kwargs.pop("config", None)
         if config is None:
+            from llavakit.loading import original
+            from llavakit.loading.hub import read_json, resolve_file
+
             hub = {k: kwargs[k] for k in _CONFIG_KWARGS if k in kwargs}
-            config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub)
+            data = read_json(resolve_file(pretrained_model_name_or_path, "config.json", **hub))
+            if original.is_original_config(data):  # liuhaotian / mucai layout: the family picks the class
+                family = original.family(data)
+                if family not in cls._classes:
+                    raise ValueError(f"{cls.__name__} cannot load an original {family!r} checkpoint")
+                return cls._classes[family].from_pretrained(pretrained_model_name_or_path, **kwargs)
+            config = AutoConfig.from_dict(data)
         model_class = cls.class_for(config)
         return model_class.from_pretrained(pretrained_model_name_or_path, config=config, **kwargs)
 
@@ -57,7 +69,8 @@ class _AutoModel:
 
 
 class AutoModelForImageTextToText(_AutoModel):
-    _classes = {"llava": LlavaForConditionalGeneration, "vipllava": VipLlavaForConditionalGeneration}
+    _classes = {"llava": LlavaForConditionalGeneration, "vipllava": VipLlavaForConditionalGeneration,
+                "llava_next": LlavaNextForConditionalGeneration}
 
 
 class AutoModelForVision2Seq(AutoModelForImageTextToText):
@@ -65,11 +78,12 @@ class AutoModelForVision2Seq(AutoModelForImageTextToText):
 
 
 class AutoModelForCausalLM(_AutoModel):
-    _classes = {"llama": LlamaForCausalLM, "mistral": MistralForCausalLM}
+    _classes = {"llama": LlamaForCausalLM, "mistral": MistralForCausalLM, "qwen2": Qwen2ForCausalLM}
 
 
 class AutoModel(_AutoModel):
     """Models without a head."""
 
-    _classes = {"llava": LlavaModel, "vipllava": VipLlavaModel, "llama": LlamaModel, "mistral": MistralModel,
-                "clip_vision_model": CLIPVisionModel}
+    _classes = {"llava": LlavaModel, "vipllava": VipLlavaModel, "llava_next": LlavaNextModel, "llama": LlamaModel,
+                "mistral": MistralModel, "clip_vision_model": CLIPVisionModel, "qwen2": Qwen2Model,
+                "siglip_vision_model": SiglipVisionModel}

@@ -21,6 +21,10 @@ from llavakit.models.rope import RotaryEmbedding, apply_rotary
 class LlamaAttention(nn.Module):
     """Causal self-attention with RoPE and grouped KV heads; appends its keys/values to the cache."""
 
+    # Projection biases; None follows config.attention_bias (Qwen2 fixes q/k/v to True and o_proj to False).
+    qkv_bias: bool | None = None
+    o_bias: bool | None = None
+
     def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
         super().__init__()
         self.config = config
@@ -28,11 +32,12 @@ class LlamaAttention(nn.Module):
         self.head_dim = config.head_dim
         self.scaling = self.head_dim ** -0.5
         n_heads, n_kv = config.num_attention_heads, config.num_key_value_heads
-        bias = config.attention_bias
+        bias = config.attention_bias if self.qkv_bias is None else self.qkv_bias
+        o_bias = config.attention_bias if self.o_bias is None else self.o_bias
         self.q_proj = nn.Linear(config.hidden_size, n_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(config.hidden_size, n_kv * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(config.hidden_size, n_kv * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(n_heads * self.head_dim, config.hidden_size, bias=bias)
+        self.o_proj = nn.Linear(n_heads * self.head_dim, config.hidden_size, bias=o_bias)
 
     def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
                 cache: DynamicCache | None, eager: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -66,9 +71,11 @@ class LlamaMLP(nn.Module):
 class LlamaDecoderLayer(nn.Module):
     """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
+    attention_class: type[LlamaAttention] = LlamaAttention
+
     def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config, layer_idx)
+        self.self_attn = self.attention_class(config, layer_idx)
         self.mlp = LlamaMLP(config)
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
@@ -85,13 +92,14 @@ class LlamaModel(PreTrainedModel):
     """The decoder without its head: embed_tokens -> layers -> norm."""
 
     config_class = LlamaConfig
+    decoder_layer_class: type[LlamaDecoderLayer] = LlamaDecoderLayer
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__(config)
         pad = config.pad_token_id
         pad = pad if isinstance(pad, int) and 0 <= pad < config.vocab_size else None
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=pad)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(self.decoder_layer_class(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
         init_weights(self, config.initializer_range)

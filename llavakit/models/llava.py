@@ -12,6 +12,8 @@ from torch import nn
 
 from llavakit.config.llama import MistralConfig
 from llavakit.config.llava import LlavaConfig
+from llavakit.config.qwen2 import Qwen2Config
+from llavakit.config.siglip import SiglipVisionConfig
 from llavakit.generation.utils import GenerationMixin
 from llavakit.models.base import PreTrainedModel
 from llavakit.models.cache import DynamicCache
@@ -20,6 +22,8 @@ from llavakit.models.layers import activation, init_weights
 from llavakit.models.llama import (LlamaForCausalLM, LlamaModel, MistralForCausalLM, MistralModel,
                                    check_token_ids)
 from llavakit.models.outputs import LlavaCausalLMOutputWithPast, LlavaModelOutputWithPast
+from llavakit.models.qwen2 import Qwen2ForCausalLM, Qwen2Model
+from llavakit.models.siglip import SiglipVisionModel
 
 SELECT_STRATEGIES = ("default", "full")
 
@@ -114,7 +118,13 @@ class _LlavaImageMixin:
         return merged, features
 
 
+def _vision_class(config: LlavaConfig) -> type[CLIPVisionModel] | type[SiglipVisionModel]:
+    return SiglipVisionModel if isinstance(config.vision_config, SiglipVisionConfig) else CLIPVisionModel
+
+
 def _text_classes(config: LlavaConfig) -> tuple[type[LlamaModel], type[LlamaForCausalLM]]:
+    if isinstance(config.text_config, Qwen2Config):
+        return Qwen2Model, Qwen2ForCausalLM
     if isinstance(config.text_config, MistralConfig):
         return MistralModel, MistralForCausalLM
     return LlamaModel, LlamaForCausalLM
@@ -137,7 +147,7 @@ class LlavaModel(_LlavaImageMixin, PreTrainedModel):
     def __init__(self, config: LlavaConfig) -> None:
         super().__init__(config)
         _share_attn_implementation(config)
-        self.vision_tower = CLIPVisionModel(config.vision_config)
+        self.vision_tower = _vision_class(config)(config.vision_config)
         self.multi_modal_projector = self.projector_class(config)
         self.language_model = _text_classes(config)[0](config.text_config)
         init_weights(self, config.text_config.initializer_range, skip=(PreTrainedModel,))
@@ -179,7 +189,7 @@ class LlavaForConditionalGeneration(_LlavaImageMixin, PreTrainedModel, Generatio
     def __init__(self, config: LlavaConfig) -> None:
         super().__init__(config)
         _share_attn_implementation(config)
-        self.vision_tower = CLIPVisionModel(config.vision_config)
+        self.vision_tower = _vision_class(config)(config.vision_config)
         self.multi_modal_projector = self.projector_class(config)
         self.language_model = _text_classes(config)[1](config.text_config)
         init_weights(self, config.text_config.initializer_range, skip=(PreTrainedModel,))

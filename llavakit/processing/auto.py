@@ -8,13 +8,23 @@ from typing import Any
 
 from llavakit.loading.hub import resolve_file
 from llavakit.processing.image import CLIPImageProcessor, load_image_processor_dict
+from llavakit.processing.image_siglip import SiglipImageProcessor
+from llavakit.processing.image_llava import LlavaImageProcessor
+from llavakit.processing.image_next import LlavaNextImageProcessor
 from llavakit.processing.llava import LlavaProcessor
+from llavakit.processing.llava_next import LlavaNextProcessor
 from llavakit.processing.tokenizer import AutoTokenizer, drop_transformers_only_kwargs
 
-PROCESSOR_CLASSES = {"LlavaProcessor": LlavaProcessor}
-MODEL_TYPE_TO_PROCESSOR = {"llava": LlavaProcessor}
+PROCESSOR_CLASSES = {"LlavaProcessor": LlavaProcessor, "LlavaNextProcessor": LlavaNextProcessor}
+MODEL_TYPE_TO_PROCESSOR = {"llava": LlavaProcessor, "llava_next": LlavaNextProcessor}
 IMAGE_PROCESSOR_CLASSES = {"CLIPImageProcessor": CLIPImageProcessor, "CLIPImageProcessorFast": CLIPImageProcessor,
                            "CLIPImageProcessorPil": CLIPImageProcessor, "CLIPFeatureExtractor": CLIPImageProcessor}
+IMAGE_PROCESSOR_CLASSES.update(dict.fromkeys(
+    ["SiglipImageProcessor", "SiglipImageProcessorFast", "SiglipImageProcessorPil"], SiglipImageProcessor))
+IMAGE_PROCESSOR_CLASSES.update({name: LlavaImageProcessor for name in ("LlavaImageProcessor", "LlavaImageProcessorFast",
+                                                                       "LlavaImageProcessorPil")})
+IMAGE_PROCESSOR_CLASSES.update(dict.fromkeys(
+    ["LlavaNextImageProcessor", "LlavaNextImageProcessorFast", "LlavaNextImageProcessorPil"], LlavaNextImageProcessor))
 
 
 def _read(path_or_repo_id: str | os.PathLike, filename: str, hub: dict[str, Any]) -> dict[str, Any] | None:

@@ -407,6 +407,10 @@ class CLIPImageProcessor:
 
     @classmethod
     def from_dict(cls, config: dict[str, Any], **overrides: Any) -> "CLIPImageProcessor":
+        if cls is CLIPImageProcessor and str(config.get("image_processor_type") or "").startswith("LlavaImageProcessor"):
+            from llavakit.processing.image_llava import LlavaImageProcessor  # keeps do_pad (pad to square)
+
+            return LlavaImageProcessor(**{**config, **overrides})
         return cls(**{**config, **overrides})
 
     @classmethod

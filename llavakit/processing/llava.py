@@ -33,6 +33,8 @@ _TOKENIZER_KWARGS = ("return_attention_mask", "return_token_type_ids", "return_s
 class LlavaProcessor:
     """Wraps a CLIPImageProcessor and a tokenizer; expands `<image>` placeholders to the model's feature count."""
 
+    image_processor_class = CLIPImageProcessor  # what from_pretrained builds from preprocessor_config.json
+
     def __init__(self, image_processor: CLIPImageProcessor, tokenizer: PreTrainedTokenizerFast,
                  patch_size: int | None = None, vision_feature_select_strategy: str | None = None,
                  chat_template: str | dict | None = None, image_token: str = "<image>",
@@ -59,8 +61,8 @@ class LlavaProcessor:
         self.image_token_id = token_id
 
     def __repr__(self) -> str:
-        return f"LlavaProcessor:\n- image_processor: {self.image_processor!r}\n- tokenizer: {self.tokenizer!r}\n" \
-               f"{json.dumps(self.to_dict(), indent=2, sort_keys=True)}"
+        return f"{type(self).__name__}:\n- image_processor: {self.image_processor!r}\n" \
+               f"- tokenizer: {self.tokenizer!r}\n{json.dumps(self.to_dict(), indent=2, sort_keys=True)}"
 
     @property
     def model_input_names(self) -> list[str]:
@@ -92,11 +94,11 @@ class LlavaProcessor:
         """The call, also returning per sample the (placeholder end, chars added so far) of each expansion."""
         if images is None and text is None:
             raise ValueError("LlavaProcessor needs text, images, or both")
-        image_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in CLIPImageProcessor.valid_kwargs}
+        image_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in self.image_processor.valid_kwargs}
         unknown = set(kwargs) - set(_TOKENIZER_KWARGS) - {"padding", "truncation", "max_length", "padding_side",
                                                           "add_special_tokens"}
         if unknown:
-            raise TypeError(f"unexpected LlavaProcessor arguments {sorted(unknown)}")
+            raise TypeError(f"unexpected {type(self).__name__} arguments {sorted(unknown)}")
         flat = flatten_images(images) if images is not None else None
         flat = flat or None  # an empty list means no images
 
@@ -114,20 +116,22 @@ class LlavaProcessor:
             if flat is None and found:
                 raise ValueError(f"Found {found} {self.image_token} tokens in the text but no images were passed.")
 
-        pixel_values = self.image_processor(flat, **image_kwargs)["pixel_values"] if flat is not None else None
+        image_outputs = self.image_processor(flat, **image_kwargs) if flat is not None else {}
         data: dict[str, Any] = {}
         shifts: list[list[tuple[int, int]]] = []
         if texts is not None:
-            channels_last = image_kwargs.get("data_format") == "channels_last"
-            counts = [self.num_image_tokens(*(p.shape[:2] if channels_last else p.shape[-2:]))
-                      for p in pixel_values or []]
+            counts = self._image_token_counts(image_outputs, image_kwargs.get("data_format") == "channels_last")
             texts, shifts = self._expand(texts, counts)
             encoded = self.tokenizer(texts, **kwargs)
             self._check_image_tokens(texts, encoded["input_ids"], kwargs.get("max_length"))
             data.update(encoded)
-        if pixel_values is not None:
-            data["pixel_values"] = pixel_values
+        data.update(image_outputs)  # pixel_values (+ image_sizes for LLaVA-NeXT)
         return BatchFeature(data, tensor_type=return_tensors), shifts
+
+    def _image_token_counts(self, image_outputs: dict[str, Any], channels_last: bool) -> list[int]:
+        """The `<image>` token count of each processed image, in order (subclasses read more than the shape)."""
+        return [self.num_image_tokens(*(p.shape[:2] if channels_last else p.shape[-2:]))
+                for p in image_outputs.get("pixel_values", [])]
 
     def _expand(self, texts: list[str], counts: list[int]) -> tuple[list[str], list[list[tuple[int, int]]]]:
         """Replace the i-th `<image>` (across samples, in order) by counts[i] image tokens."""
@@ -240,13 +244,13 @@ class LlavaProcessor:
     def to_dict(self) -> dict[str, Any]:
         """processor_config.json content (the image processor and tokenizer have their own files)."""
         return {"image_token": self.image_token, "num_additional_image_tokens": self.num_additional_image_tokens,
-                "patch_size": self.patch_size, "processor_class": "LlavaProcessor",
+                "patch_size": self.patch_size, "processor_class": type(self).__name__,
                 "vision_feature_select_strategy": self.vision_feature_select_strategy}
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
         """Write processor_config.json, preprocessor_config.json, the tokenizer files and chat_template.jinja."""
         os.makedirs(save_directory, exist_ok=True)
-        self.tokenizer.init_kwargs["processor_class"] = "LlavaProcessor"
+        self.tokenizer.init_kwargs["processor_class"] = type(self).__name__
         paths = list(self.tokenizer.save_pretrained(save_directory))
         paths.append(self.image_processor.save_pretrained(save_directory))
         paths.extend(save_chat_templates(self.chat_template, save_directory))
@@ -269,7 +273,11 @@ class LlavaProcessor:
                    subfolder=subfolder, force_download=force_download)
         drop_transformers_only_kwargs(kwargs)
         processor_dict = read_processor_dict(path_or_repo_id, hub)
-        image_processor = CLIPImageProcessor.from_dict(load_image_processor_dict(path_or_repo_id, **hub))
+        image_config = load_image_processor_dict(path_or_repo_id, **hub)
+        from llavakit.processing.auto import IMAGE_PROCESSOR_CLASSES  # here: auto imports this module
+        named = IMAGE_PROCESSOR_CLASSES.get(image_config.get("image_processor_type"))  # e.g. SiglipImageProcessor
+        image_class = named if named and issubclass(named, cls.image_processor_class) else cls.image_processor_class
+        image_processor = image_class.from_dict(image_config)
         tokenizer = AutoTokenizer.from_pretrained(path_or_repo_id, **hub)
         template = processor_dict.get("chat_template")
         if template is None:

@@ -1,0 +1,372 @@
+"""Original LLaVA checkpoints (liuhaotian, mucai/ViP, -lora folders): their config.json and tensor names -> ours.
+
+`from_pretrained` on such a folder lands here through a hook in load.py. The conversion follows
+transformers' convert_llava_weights_to_hf.py: `<image>` and `<pad>` join the vocabulary after the
+original tokens, and the embeddings grow to a multiple of 64. The converter fills the new rows with
+random samples around the mean of the old rows; we use that mean itself. Only the `<image>`/`<pad>`/
+padding rows differ from a llava-hf conversion, and inference never reads them for image positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Callable, Iterator
+
+import torch
+
+from llavakit.config.base import PretrainedConfig
+from llavakit.config.clip import CLIPVisionConfig
+from llavakit.config.llama import LlamaConfig, MistralConfig
+from llavakit.config.llava import default_vision_config
+from llavakit.loading import keymaps
+from llavakit.loading.hub import read_json, resolve_file, resolve_optional
+from llavakit.loading.load import checkpoint_files, _iter_tensors
+
+ORIGINAL_ARCHITECTURES = ("LlavaLlamaForCausalLM", "LlavaMistralForCausalLM")
+ORIGINAL_MODEL_TYPES = ("llava_llama", "llava_mistral")
+ORIGINAL_KEYS = ("mm_vision_tower", "mm_projector_type", "mm_hidden_size")
+PROJECTOR_TYPES = ("mlp2x_gelu",)
+SELECT_FEATURES = {"patch": "default", "cls_patch": "full"}
+VIP_TOWER = "clip_4layers_336"  # ViP-LLaVA's name for CLIP-L/14-336 read at layers [-2, -5, -8, -11, 6]
+VIP_LAYERS = [-2, -5, -8, -11, 6]
+# Vision towers whose config we know, so a checkpoint that embeds the tower's weights needs no download.
+KNOWN_TOWERS: dict[str, Callable[[], CLIPVisionConfig]] = {
+    "openai/clip-vit-large-patch14-336": default_vision_config,
+    VIP_TOWER: default_vision_config,
+    "openai/clip-vit-large-patch14": lambda: CLIPVisionConfig(hidden_size=1024, intermediate_size=4096,
+                                                              projection_dim=768, image_size=224, patch_size=14,
+                                                              num_hidden_layers=24, num_attention_heads=16),
+}
+TOWER_REPOS = {VIP_TOWER: "openai/clip-vit-large-patch14-336"}
+EMBEDDING_KEYS = ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight")
+ADAPTER_PREFIX = "base_model.model."
+LORA_EXTRAS = "non_lora_trainables.bin"
+
+
+def is_original_config(data: dict[str, Any]) -> bool:
+    """True for the config.json of an original LLaVA / ViP-LLaVA checkpoint (not a llava-hf conversion)."""
+    if any(key in data for key in ORIGINAL_KEYS) or data.get("model_type") in ORIGINAL_MODEL_TYPES:
+        return True
+    return any(arch in ORIGINAL_ARCHITECTURES for arch in data.get("architectures") or [])
+
+
+def family(data: dict[str, Any]) -> str:
+    """'vipllava', 'llava_next' (anyres) or 'llava'."""
+    if data.get("mm_vision_tower") == VIP_TOWER:
+        return "vipllava"
+    if data.get("image_aspect_ratio") == "anyres" or "spatial_unpad" in str(data.get("mm_patch_merge_type", "")):
+        return "llava_next"
+    return "llava"
+
+
+def padded_vocab(old_vocab: int, n_new: int = 2) -> int:
+    """The converter's `resize_token_embeddings(old + n_new, pad_to_multiple_of=64)`."""
+    return int(math.ceil((old_vocab + n_new) / 64) * 64)
+
+
+# ---- config ------------------------------------------------------------------------------------
+def text_config_dict(data: dict[str, Any], vocab_size: int) -> dict[str, Any]:
+    """The decoder part of an original config.json (its top-level llama/mistral keys)."""
+    is_mistral = data.get("model_type") == "llava_mistral" or "LlavaMistralForCausalLM" in (data.get("architectures")
+                                                                                             or [])
+    cls = MistralConfig if is_mistral else LlamaConfig
+    names = {f.name for f in dataclasses.fields(cls)} | {"rope_theta", "rope_scaling"}
+    text = {k: v for k, v in data.items() if k in names and k != "dtype"}
+    text.update(model_type=cls.model_type, vocab_size=vocab_size)
+    return text
+
+
+def _check_supported(data: dict[str, Any]) -> None:
+    projector = data.get("mm_projector_type", "linear")  # the original code's default
+    if projector not in PROJECTOR_TYPES:
+        raise ValueError(f"original LLaVA checkpoint with mm_projector_type={projector!r}: llavakit supports "
+                         f"{list(PROJECTOR_TYPES)} (a Linear-GELU-Linear projector)")
+    if data.get("mm_use_im_start_end") or data.get("mm_use_im_patch_token"):
+        raise ValueError("original LLaVA checkpoints with mm_use_im_start_end / mm_use_im_patch_token (extra image "
+                         "boundary tokens) are not supported")
+    feature = data.get("mm_vision_select_feature", "patch")
+    if feature not in SELECT_FEATURES:
+        raise ValueError(f"mm_vision_select_feature={feature!r} is not supported; expected one of "
+                         f"{sorted(SELECT_FEATURES)}")
+
+
+def tower_source(data: dict[str, Any], vision_tower: str | os.PathLike | None) -> str:
+    """Where the CLIP tower comes from: the user's explicit folder/repo, else the Hub repo id config.json names.
+
+    A local path written inside config.json (e.g. "/home/me/clip") is never followed: the user must say so.
+    """
+    if vision_tower is not None:
+        return os.fspath(vision_tower)
+    name = data.get("mm_vision_tower") or data.get("vision_tower")
+    if not name:
+        raise ValueError("the original LLaVA config.json names no vision tower (mm_vision_tower); pass "
+                         "vision_tower=FOLDER_OR_REPO (e.g. 'openai/clip-vit-large-patch14-336')")
+    name = TOWER_REPOS.get(name, name)
+    local_looking = name.startswith((".", "/", "~")) or os.path.isabs(name) or name.count("/") != 1
+    if local_looking or os.path.exists(name):
+        raise ValueError(f"config.json names the vision tower {name!r}, which is not a Hub repo id (owner/name); "
+                         "llavakit does not read local paths found inside a checkpoint. Pass vision_tower=PATH "
+                         "to use that folder")
+    return name
+
+
+def _tower_hub(hub: dict[str, Any]) -> dict[str, Any]:
+    """Hub options that also apply to the tower repo (not the revision or subfolder of the LLaVA repo)."""
+    return {k: v for k, v in hub.items() if k not in ("revision", "subfolder")}
+
+
+def vision_config_for(source: str, embedded: bool, explicit: bool, hub: dict[str, Any]) -> CLIPVisionConfig:
+    """The tower's CLIPVisionConfig: built in for well-known towers whose weights the checkpoint carries,
+    else its config.json (a full CLIP config or a vision-only one)."""
+    if embedded and not explicit and source in KNOWN_TOWERS:
+        return KNOWN_TOWERS[source]()
+    data = read_json(resolve_file(source, "config.json", **_tower_hub(hub)))
+    if data.get("model_type") not in ("clip", "clip_vision_model", None):
+        raise ValueError(f"vision tower {source} is a {data.get('model_type')!r} model; original LLaVA checkpoints "
+                         "use a CLIP vision tower")
+    if data.get("model_type") == "clip":
+        data = dict(data.get("vision_config") or {}, model_type="clip_vision_model")
+    return CLIPVisionConfig.from_dict({**data, "model_type": "clip_vision_model"})
+
+
+def build_config(data: dict[str, Any], vision_config: CLIPVisionConfig, old_vocab: int) -> PretrainedConfig:
+    """Our LlavaConfig / VipLlavaConfig / LlavaNextConfig for an original config.json."""
+    _check_supported(data)
+    kind = family(data)
+    mm_hidden = data.get("mm_hidden_size")
+    expected_hidden = vision_config.hidden_size * (len(VIP_LAYERS) if kind == "vipllava" else 1)
+    if mm_hidden is not None and mm_hidden != expected_hidden:
+        raise ValueError(f"config.json has mm_hidden_size={mm_hidden}, but the vision tower gives {expected_hidden} "
+                         f"features (hidden_size {vision_config.hidden_size}); is vision_tower the right model?")
+    common = dict(vision_config=vision_config.to_dict(), text_config=text_config_dict(data, padded_vocab(old_vocab)),
+                  image_token_index=old_vocab, pad_token_id=old_vocab + 1, projector_hidden_act="gelu",
+                  image_seq_length=vision_config.num_patches)
+    if data.get("torch_dtype") is not None:
+        common["dtype"] = data["torch_dtype"]
+    if kind == "vipllava":
+        from llavakit.config.vipllava import VipLlavaConfig
+
+        return VipLlavaConfig(vision_feature_layers=list(VIP_LAYERS), **common)
+    llava = dict(vision_feature_layer=data.get("mm_vision_select_layer", -2),
+                 vision_feature_select_strategy=SELECT_FEATURES[data.get("mm_vision_select_feature", "patch")],
+                 **common)
+    if kind == "llava_next":
+        try:
+            from llavakit.config.llava_next import LlavaNextConfig
+        except ImportError:
+            raise ValueError("this is an original LLaVA-NeXT (anyres) checkpoint, which this llavakit version cannot "
+                             "load yet") from None
+        if data.get("image_grid_pinpoints") is not None:
+            llava["image_grid_pinpoints"] = data["image_grid_pinpoints"]
+        return LlavaNextConfig(**llava)
+    from llavakit.config.llava import LlavaConfig
+
+    return LlavaConfig(**llava)
+
+
+# ---- model class ---------------------------------------------------------------------------------
+def _model_classes(kind: str) -> tuple[type, type]:
+    """(generation class, base class) of a family."""
+    if kind == "vipllava":
+        from llavakit.models.vipllava import VipLlavaForConditionalGeneration, VipLlavaModel
+
+        return VipLlavaForConditionalGeneration, VipLlavaModel
+    if kind == "llava_next":
+        from llavakit.models.llava_next import LlavaNextForConditionalGeneration, LlavaNextModel
+
+        return LlavaNextForConditionalGeneration, LlavaNextModel
+    from llavakit.models.llava import LlavaForConditionalGeneration, LlavaModel
+
+    return LlavaForConditionalGeneration, LlavaModel
+
+
+def model_class_for(requested: type, kind: str, via_auto: bool) -> type:
+    """The class to build. AutoModel* calls reach us with the LLaVA class for any original config (all
+    say model_type "llava"); then the family's class of the same role is used."""
+    generation, base = _model_classes(kind)
+    is_base = requested.__name__.endswith("Model") and not requested.__name__.endswith("ForConditionalGeneration")
+    wanted = base if is_base else generation
+    if requested is wanted or issubclass(requested, wanted):
+        return requested
+    if via_auto and requested.__name__ in ("LlavaForConditionalGeneration", "LlavaModel"):
+        return wanted
+    raise ValueError(f"{requested.__name__} cannot load this original {kind} checkpoint; use {wanted.__name__} "
+                     f"or AutoModelForImageTextToText")
+
+
+# ---- tensors -------------------------------------------------------------------------------------
+def rename_original(key: str) -> str | None:
+    """An original tensor name -> the Hub layout; None for tensors that are dropped; ValueError if unknown."""
+    if any(part in key for part in keymaps.ORIGINAL_DROPPED):
+        return None
+    for old, new in keymaps.ORIGINAL_TO_HUB:
+        if key.startswith(old):
+            return new + key[len(old):]
+    raise ValueError(f"unknown tensor {key!r} in the original LLaVA checkpoint (expected model.layers.*, "
+                     "model.embed_tokens, model.norm, model.mm_projector.{0,2}, model.vision_tower.*, lm_head)")
+
+
+def rename_tower(key: str) -> str | None:
+    """A separate CLIP checkpoint's tensor name -> the Hub layout; None for its text half."""
+    if key.startswith(keymaps.CLIP_TOWER_DROPPED):
+        return None
+    return keymaps.rename(key, keymaps.CLIP_TOWER_TO_HUB)
+
+
+def grow_embeddings(tensors: Iterator[tuple[str, torch.Tensor]], new_vocab: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """Pad embed_tokens / lm_head to `new_vocab` rows with the mean of the embedding's old rows.
+
+    The converter draws the new rows of both from one distribution centred on the embedding mean; the
+    mean is that distribution's expected value (the head's rows come from the embedding too).
+    """
+    held: dict[str, torch.Tensor] = {}
+    for key, tensor in tensors:
+        if key in EMBEDDING_KEYS and tensor.shape[0] < new_vocab:
+            held[key] = tensor
+            continue
+        yield key, tensor
+    embed = held.get(EMBEDDING_KEYS[0])
+    for key, tensor in held.items():
+        source = embed if embed is not None else tensor
+        mean = source.float().mean(dim=0, keepdim=True).to(tensor.dtype)  # (1, H)
+        rows = new_vocab - tensor.shape[0]
+        yield key, torch.cat([tensor, mean.expand(rows, -1)], dim=0)  # (new_vocab, H)
+
+
+# ---- LoRA folders --------------------------------------------------------------------------------
+def lora_scale(adapter_config: dict[str, Any]) -> float:
+    """alpha / r (alpha / sqrt(r) with rsLoRA), as peft scales a merged LoRA delta."""
+    r, alpha = adapter_config.get("r"), adapter_config.get("lora_alpha")
+    if not isinstance(r, int) or r < 1 or not isinstance(alpha, (int, float)):
+        raise ValueError(f"adapter_config.json needs a positive int r and a number lora_alpha, got r={r!r}, "
+                         f"lora_alpha={alpha!r}")
+    if adapter_config.get("use_dora") or adapter_config.get("fan_in_fan_out"):
+        raise ValueError("DoRA and fan_in_fan_out LoRA adapters are not supported")
+    return alpha / math.sqrt(r) if adapter_config.get("use_rslora") else alpha / r
+
+
+def merge_lora(tensors: Iterator[tuple[str, torch.Tensor]], adapter: dict[str, torch.Tensor],
+               scale: float) -> Iterator[tuple[str, torch.Tensor]]:
+    """W + (B @ A) * scale for every base weight the adapter has a lora_A / lora_B pair for.
+
+    `adapter` keys are the original names without peft's `base_model.model.` prefix.
+    """
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in adapter.items():
+        for part in ("lora_A", "lora_B"):
+            marker = f".{part}."
+            if marker in key:
+                module = key.split(marker)[0]
+                pairs.setdefault(module + ".weight", {})[part] = tensor
+    used = set()
+    for key, tensor in tensors:
+        pair = pairs.get(key)
+        if pair is not None:
+            if set(pair) != {"lora_A", "lora_B"}:
+                raise ValueError(f"the LoRA adapter has only {sorted(pair)} for {key}")
+            a, b = pair["lora_A"].float(), pair["lora_B"].float()  # (r, in), (out, r)
+            delta = (b @ a) * scale  # (out, in)
+            if delta.shape != tensor.shape:
+                raise ValueError(f"LoRA delta for {key} has shape {tuple(delta.shape)}, the weight {tuple(tensor.shape)}")
+            tensor = (tensor.float() + delta).to(tensor.dtype)
+            used.add(key)
+        yield key, tensor
+    unused = sorted(set(pairs) - used)
+    if unused:
+        raise ValueError(f"the LoRA adapter targets weights the base model does not have: {unused[:5]}")
+
+
+def _strip_adapter_prefix(key: str) -> str:
+    key = key.removeprefix(ADAPTER_PREFIX)
+    return key.replace(".default.", ".")  # in-memory peft names, as some scripts save them
+
+
+def _read_state(path: str) -> dict[str, torch.Tensor]:
+    return dict(_iter_tensors(path))
+
+
+def _lora_parts(path_or_repo_id: str | os.PathLike, hub: dict[str, Any], use_safetensors: bool | None,
+                model_base: str | os.PathLike | None) -> tuple[list[str], dict[str, torch.Tensor], float, list[str]]:
+    """(base model files, adapter tensors, scale, extra trainable files) of a -lora folder."""
+    adapter_config = read_json(resolve_file(path_or_repo_id, "adapter_config.json", **hub))
+    scale = lora_scale(adapter_config)
+    base = model_base if model_base is not None else adapter_config.get("base_model_name_or_path")
+    if base is None:
+        raise ValueError("this is a LoRA checkpoint; pass model_base=FOLDER_OR_REPO (the base language model)")
+    if model_base is None:
+        base = tower_source({"mm_vision_tower": base}, None)  # a Hub id only, never a path from a file
+    adapter_file = resolve_optional(path_or_repo_id, "adapter_model.safetensors", **hub)
+    extras = []
+    if adapter_file is None or resolve_optional(path_or_repo_id, LORA_EXTRAS, **hub) is not None:
+        if use_safetensors is not False:
+            raise ValueError("this LoRA checkpoint stores weights as pickle files (adapter_model.bin / "
+                             f"{LORA_EXTRAS}). Unpickling can run code, so llavakit reads them only if you ask: "
+                             "from_pretrained(..., use_safetensors=False)")
+        adapter_file = adapter_file or resolve_file(path_or_repo_id, "adapter_model.bin", **hub)
+        extra = resolve_optional(path_or_repo_id, LORA_EXTRAS, **hub)
+        extras = [extra] if extra is not None else []
+    adapter = {_strip_adapter_prefix(k): v for k, v in _read_state(adapter_file).items()}
+    base_files = checkpoint_files(base, use_safetensors, _tower_hub(hub))
+    return base_files, adapter, scale, extras
+
+
+# ---- the whole plan -------------------------------------------------------------------------------
+@dataclasses.dataclass
+class OriginalCheckpoint:
+    """What load.py needs: the class and config to build, and the converted tensors (Hub layout) to fill it."""
+
+    model_class: type
+    config: PretrainedConfig
+    where: str
+    tensors: Callable[[], Iterator[tuple[str, torch.Tensor]]]
+    tower_source: str
+
+
+def _count_vocab(files: list[str]) -> int | None:
+    for path in files:
+        for key, tensor in _iter_tensors(path):
+            if key == "model.embed_tokens.weight":
+                return int(tensor.shape[0])
+    return None
+
+
+def prepare(requested: type, path_or_repo_id: str | os.PathLike, data: dict[str, Any], *, hub: dict[str, Any],
+            use_safetensors: bool | None, vision_tower: str | os.PathLike | None = None,
+            model_base: str | os.PathLike | None = None, via_auto: bool = False) -> OriginalCheckpoint:
+    """Plan the load of an original checkpoint: config, class, and a generator of converted tensors."""
+    _check_supported(data)
+    is_lora = resolve_optional(path_or_repo_id, "adapter_config.json", **hub) is not None
+    if is_lora:
+        files, adapter, scale, extras = _lora_parts(path_or_repo_id, hub, use_safetensors, model_base)
+    else:
+        files, adapter, scale, extras = checkpoint_files(path_or_repo_id, use_safetensors, hub), {}, 0.0, []
+    extra_state = {_strip_adapter_prefix(k): v for path in extras for k, v in _read_state(path).items()}
+    own_keys = set(extra_state)
+    for path in files:  # names only: safetensors and mmap'd pickles read no tensor data here
+        own_keys.update(key for key, _ in _iter_tensors(path))
+    tower_prefix = keymaps.ORIGINAL_TO_HUB[0][0]
+    embedded = any(key.startswith(tower_prefix) for key in own_keys)
+    source = tower_source(data, vision_tower)
+    vision_config = vision_config_for(source, embedded, vision_tower is not None, hub)
+    old_vocab = _count_vocab(files) or data.get("vocab_size")
+    if not isinstance(old_vocab, int):
+        raise ValueError("cannot tell the original vocabulary size: no model.embed_tokens.weight and no vocab_size")
+    config = build_config(data, vision_config, old_vocab)
+    model_class = model_class_for(requested, family(data), via_auto)
+    tower_files = [] if embedded else checkpoint_files(source, use_safetensors, _tower_hub(hub))
+
+    def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+        own = ((k, t) for path in files for k, t in _iter_tensors(path))
+        own = merge_lora(own, adapter, scale) if is_lora else own
+        own = ((k, t) for items in (own, iter(extra_state.items())) for k, t in items)
+        renamed = ((name, t) for k, t in own if (name := rename_original(k)) is not None)
+        tower = ((name, t) for path in tower_files for k, t in _iter_tensors(path)
+                 if (name := rename_tower(k)) is not None)
+        stream = ((k, t) for items in (renamed, tower) for k, t in items)
+        return grow_embeddings(stream, config.text_config.vocab_size)
+
+    where = f"{os.fspath(path_or_repo_id)} (original LLaVA layout" + ("" if embedded else f", vision tower {source}") \
+        + (", LoRA merged" if is_lora else "") + ")"
+    return OriginalCheckpoint(model_class, config, where, tensors, source)
