@@ -13,6 +13,9 @@ from typing import Any, Sequence
 
 Size = tuple[int, int]
 
+# (height, width) canvases of llava-v1.6 at 336 px crops: 1x2, 2x1, 2x2, 1x3 and 3x1 grids.
+DEFAULT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
 
 def as_size(value: Any, name: str = "image size") -> Size:
     """A (height, width) pair of positive ints from a list, tuple, tensor or array."""

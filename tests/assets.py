@@ -31,6 +31,10 @@ TINY_VISION = dict(model_type="clip_vision_model", hidden_size=32, intermediate_
 TINY_TEXT = dict(vocab_size=32064, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5)
 IMAGE_TOKENS = (28 // 7) ** 2  # 16 tokens per image with the "default" strategy (CLS dropped)
+NEXT_CROP = 28
+NEXT_PINPOINTS = [[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]]  # every aspect ratio of the 1.6 defaults
+VIP_VISION_LAYERS = 10  # deep enough for ViP's default layer list [-2, -5, -8, -11, 6]
+VIP_PROCESSOR_FILES = ("processor_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
 def photos_dir() -> Path:
@@ -96,6 +100,46 @@ def build_tiny_llava(out_dir: Path, tokenizer_dir: Path, *, text_model_type: str
         num_additional_image_tokens=1, chat_template=LLAVA_15_TEMPLATE,
     )
     processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_llava_next(out_dir: Path, tokenizer_dir: Path, seed: int = 0, text_overrides: dict | None = None,
+                          **config_overrides) -> Path:
+    """A tiny random LlavaNextForConditionalGeneration + LlavaNextProcessor (crop 28, patch 7), saved by transformers 5."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.LlavaNextConfig(
+        vision_config=dict(TINY_VISION), text_config=dict(TINY_TEXT, model_type="llama", **(text_overrides or {})),
+        image_token_index=32000, pad_token_id=32001, image_grid_pinpoints=NEXT_PINPOINTS, **config_overrides)
+    model = transformers.LlavaNextForConditionalGeneration(config).eval()
+    perturb_(model, seed)
+    model.save_pretrained(out_dir)
+    image_processor = transformers.LlavaNextImageProcessorPil(
+        size={"shortest_edge": NEXT_CROP}, crop_size={"height": NEXT_CROP, "width": NEXT_CROP},
+        image_grid_pinpoints=NEXT_PINPOINTS)
+    processor = transformers.LlavaNextProcessor(
+        image_processor=image_processor, tokenizer=transformers.AutoTokenizer.from_pretrained(tokenizer_dir),
+        patch_size=7, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=LLAVA_15_TEMPLATE)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_vipllava(out_dir: Path, processor_src: Path, seed: int = 0, **config_overrides) -> Path:
+    """A tiny random ViP-LLaVA saved by transformers 5, with the tiny LLaVA's processor files beside it."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.VipLlavaConfig(
+        vision_config=dict(TINY_VISION, num_hidden_layers=VIP_VISION_LAYERS),
+        text_config=dict(TINY_TEXT, model_type="llama"), image_token_index=32000, pad_token_id=32001,
+        **config_overrides)
+    model = transformers.VipLlavaForConditionalGeneration(config).eval()
+    perturb_(model, seed)
+    model.save_pretrained(out_dir)
+    for name in VIP_PROCESSOR_FILES:
+        shutil.copy(processor_src / name, out_dir / name)
     return out_dir
 
 

@@ -40,3 +40,15 @@ def tiny_mistral_llava_dir(tmp_path_factory, tokenizer_dir) -> Path:
     """Tiny random bakLlava-style checkpoint: Mistral decoder with a short sliding window (8 tokens)."""
     return assets.build_tiny_llava(tmp_path_factory.mktemp("tiny-mistral-llava"), tokenizer_dir,
                                    text_model_type="mistral", sliding_window=8, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_next_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """Tiny random LLaVA-NeXT (anyres: crop 28, patch 7, 1.6-style pinpoints scaled down) + its processor."""
+    return assets.build_tiny_llava_next(tmp_path_factory.mktemp("tiny-llava-next"), tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_vipllava_dir(tmp_path_factory, tiny_llava_dir) -> Path:
+    """Tiny random ViP-LLaVA (10-layer CLIP for the default layer list) with the tiny LLaVA's processor files."""
+    return assets.build_tiny_vipllava(tmp_path_factory.mktemp("tiny-vipllava"), tiny_llava_dir)

@@ -1,5 +1,5 @@
-"""The transformers LLaVA documentation examples, run twice: once as written, once with only the import
-changed to llavakit. Both runs must print the same thing (decoded text, token ids, loss)."""
+"""The transformers LLaVA, LLaVA-NeXT and ViP-LLaVA documentation examples, run twice: once as written,
+once with only the import changed to llavakit. Both runs must give the same thing (text, token ids, loss)."""
 
 import pytest
 
@@ -75,8 +75,58 @@ outputs = model(**batch, labels=labels)
 result = [round(outputs.loss.item(), 5), tuple(outputs.logits.shape), tuple(outputs.image_hidden_states.shape)]
 """
 
-EXAMPLES = {"single_image": SINGLE_IMAGE, "chat_template_tokenize": CHAT_TEMPLATE_TOKENIZE,
-            "batched_left_padding": BATCHED_LEFT_PADDING, "labels_and_loss": LABELS_AND_LOSS}
+NEXT_BATCHED_MULTI_IMAGE = """
+import torch
+from PIL import Image
+from {lib} import LlavaNextProcessor, LlavaNextForConditionalGeneration
+
+processor = LlavaNextProcessor.from_pretrained(model_id)
+processor.tokenizer.padding_side = "left"
+model = LlavaNextForConditionalGeneration.from_pretrained(model_id, torch_dtype=torch.float32, low_cpu_mem_usage=True)
+image_stop, image_cats, image_snowman = (Image.open(path) for path in image_files[:3])
+conversation_1 = [
+    {{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "What is shown in this image?"}}]}},
+    {{"role": "assistant", "content": [{{"type": "text", "text": "There is a red stop sign in the image."}}]}},
+    {{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "What about this image? How many cats?"}}]}},
+]
+conversation_2 = [
+    {{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "What is shown in this image?"}}]}},
+]
+prompt_1 = processor.apply_chat_template(conversation_1, add_generation_prompt=True)
+prompt_2 = processor.apply_chat_template(conversation_2, add_generation_prompt=True)
+inputs = processor(images=[image_stop, image_cats, image_snowman], text=[prompt_1, prompt_2], padding=True,
+                   return_tensors="pt")
+generate_ids = model.generate(**inputs, max_new_tokens=20)
+result = [inputs["image_sizes"].tolist(), inputs["input_ids"].tolist(),
+          processor.batch_decode(generate_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)]
+"""
+
+VIP_SINGLE_IMAGE = """
+import torch
+from PIL import Image
+from {lib} import AutoProcessor, VipLlavaForConditionalGeneration
+
+model = VipLlavaForConditionalGeneration.from_pretrained(model_id, torch_dtype=torch.float32)
+processor = AutoProcessor.from_pretrained(model_id)
+prompt = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+          "detailed, and polite answers to the human's questions.###Human: <image>\\n{{}}###Assistant:")
+prompt = prompt.format("Can you please describe this image?")
+image = Image.open(image_files[3])
+inputs = processor(text=prompt, images=image, return_tensors="pt").to("cpu", torch.float32)
+generate_ids = model.generate(**inputs, max_new_tokens=20)
+result = processor.decode(generate_ids[0][len(inputs["input_ids"][0]):], skip_special_tokens=True)
+"""
+
+# example -> (code, the checkpoint fixtures it runs on)
+EXAMPLES = {
+    "single_image": (SINGLE_IMAGE, ["tiny_llava_dir", "tiny_llava_hub_dir"]),
+    "chat_template_tokenize": (CHAT_TEMPLATE_TOKENIZE, ["tiny_llava_dir", "tiny_llava_hub_dir"]),
+    "batched_left_padding": (BATCHED_LEFT_PADDING, ["tiny_llava_dir", "tiny_llava_hub_dir"]),
+    "labels_and_loss": (LABELS_AND_LOSS, ["tiny_llava_dir", "tiny_llava_hub_dir"]),
+    "next_batched_multi_image": (NEXT_BATCHED_MULTI_IMAGE, ["tiny_llava_next_dir"]),
+    "vip_single_image": (VIP_SINGLE_IMAGE, ["tiny_vipllava_dir"]),
+}
+CASES = [(name, fixture) for name, (_, fixtures) in EXAMPLES.items() for fixture in fixtures]
 
 
 def run_example(code: str, lib: str, model_id: str, image_files: list[str]):
@@ -85,10 +135,10 @@ def run_example(code: str, lib: str, model_id: str, image_files: list[str]):
     return namespace["result"]
 
 
-@pytest.mark.parametrize("name", EXAMPLES)
-@pytest.mark.parametrize("layout", ["transformers5", "hub"])
-def test_doc_example_gives_transformers_output(name, layout, tiny_llava_dir, tiny_llava_hub_dir, photos):
-    model_id = str(tiny_llava_dir if layout == "transformers5" else tiny_llava_hub_dir)
+@pytest.mark.parametrize("name, checkpoint", CASES)
+def test_doc_example_gives_transformers_output(name, checkpoint, request, photos):
+    model_id = str(request.getfixturevalue(checkpoint))
     image_files = [str(photos[n]) for n in ("chelsea", "coffee", "rocket", "astronaut")]
-    expected = run_example(EXAMPLES[name], "transformers", model_id, image_files)
-    assert run_example(EXAMPLES[name], "llavakit", model_id, image_files) == expected
+    code = EXAMPLES[name][0]
+    expected = run_example(code, "transformers", model_id, image_files)
+    assert run_example(code, "llavakit", model_id, image_files) == expected

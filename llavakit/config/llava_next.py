@@ -5,11 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from llavakit.anyres import check_pinpoints
+from llavakit.anyres import DEFAULT_PINPOINTS, check_pinpoints
 from llavakit.config.llava import LlavaConfig
-
-# (height, width) canvases of llava-v1.6 at 336 px crops: 1x2, 2x1, 2x2, 1x3 and 3x1 grids.
-DEFAULT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
 
 @dataclasses.dataclass(init=False)

@@ -12,12 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from llavakit.anyres import check_pinpoints, select_best_resolution
+from llavakit.anyres import DEFAULT_PINPOINTS, check_pinpoints, select_best_resolution
 from llavakit.processing.batch import BatchFeature
 from llavakit.processing.image import CLIPImageProcessor, ImageInput, flatten_images, resize, size_dict, \
     to_channels_first
-
-DEFAULT_GRID_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
 
 # ---- resizing, padding and cropping for the grid ----------------------------------------------------
@@ -69,7 +67,7 @@ class LlavaNextImageProcessor(CLIPImageProcessor):
                  image_grid_pinpoints: list[list[int]] | None = None, do_pad: bool = True, **kwargs: Any):
         super().__init__(do_resize=do_resize, size=size, **kwargs)
         self.image_grid_pinpoints = check_pinpoints(
-            DEFAULT_GRID_PINPOINTS if image_grid_pinpoints is None else image_grid_pinpoints)
+            DEFAULT_PINPOINTS if image_grid_pinpoints is None else image_grid_pinpoints)
         self.do_pad = do_pad
 
     def preprocess(self, images: ImageInput, *, do_resize: bool | None = None, size: dict | int | None = None,

@@ -24,36 +24,15 @@ from llavakit.models.outputs import LlavaCausalLMOutputWithPast
 from tests import assets
 
 IMAGE, PAD = 32000, 32001
-CROP = 28
-PINPOINTS = [[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]]
+CROP = assets.NEXT_CROP
+PINPOINTS = assets.NEXT_PINPOINTS
 ATOL = 1e-5
 PROMPT = "USER: <image>\nWhat is shown in this image? ASSISTANT:"
 
 
-def build_tiny_llava_next(out_dir, tokenizer_dir, seed: int = 0, text_overrides: dict | None = None,
-                          **config_overrides):
-    """A tiny random LlavaNextForConditionalGeneration + LlavaNextProcessor, saved by transformers 5."""
-    torch.manual_seed(seed)
-    config = transformers.LlavaNextConfig(
-        vision_config=dict(assets.TINY_VISION), text_config=dict(assets.TINY_TEXT, model_type="llama",
-                                                                 **(text_overrides or {})),
-        image_token_index=IMAGE, pad_token_id=PAD, image_grid_pinpoints=PINPOINTS, **config_overrides)
-    model = transformers.LlavaNextForConditionalGeneration(config).eval()
-    assets.perturb_(model, seed)
-    model.save_pretrained(out_dir)
-    image_processor = transformers.LlavaNextImageProcessorPil(
-        size={"shortest_edge": CROP}, crop_size={"height": CROP, "width": CROP}, image_grid_pinpoints=PINPOINTS)
-    processor = transformers.LlavaNextProcessor(
-        image_processor=image_processor, tokenizer=transformers.AutoTokenizer.from_pretrained(tokenizer_dir),
-        patch_size=7, vision_feature_select_strategy="default", num_additional_image_tokens=1,
-        chat_template=assets.LLAVA_15_TEMPLATE)
-    processor.save_pretrained(out_dir)
-    return out_dir
-
-
 @pytest.fixture(scope="module")
-def next_dir(tmp_path_factory, tokenizer_dir):
-    return build_tiny_llava_next(tmp_path_factory.mktemp("tiny-llava-next"), tokenizer_dir)
+def next_dir(tiny_llava_next_dir):
+    return tiny_llava_next_dir
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +260,7 @@ def test_vision_feature_layer_argument_matches_transformers(pair, processor, ima
 
 @pytest.fixture(scope="module")
 def multi_layer_dir(tmp_path_factory, tokenizer_dir):
-    return build_tiny_llava_next(tmp_path_factory.mktemp("llava-next-multilayer"), tokenizer_dir, seed=2,
+    return assets.build_tiny_llava_next(tmp_path_factory.mktemp("llava-next-multilayer"), tokenizer_dir, seed=2,
                                  vision_feature_layer=[-3, -1])
 
 
@@ -348,7 +327,7 @@ def test_save_pretrained_is_read_back_by_transformers(pair, tmp_path, processor,
 
 def test_untied_head_when_only_the_text_config_ties(tmp_path, tokenizer_dir, processor, images):
     """transformers 5 ties a NeXT head only on the top-level flag, not on text_config.tie_word_embeddings."""
-    path = build_tiny_llava_next(tmp_path, tokenizer_dir, seed=3, text_overrides={"tie_word_embeddings": True})
+    path = assets.build_tiny_llava_next(tmp_path, tokenizer_dir, seed=3, text_overrides={"tie_word_embeddings": True})
     hf = transformers.LlavaNextForConditionalGeneration.from_pretrained(path).eval()
     ours = LlavaNextForConditionalGeneration.from_pretrained(path)
     assert hf.config.tie_word_embeddings is False and ours.config.tie_word_embeddings is False

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -18,30 +17,14 @@ from tests import assets
 
 IMAGE, PAD = 32000, 32001
 N_TOKENS = assets.IMAGE_TOKENS  # 16 per image, CLS always dropped
-VISION_LAYERS = 10  # deep enough for the default layer list [-2, -5, -8, -11, 6]
+VISION_LAYERS = assets.VIP_VISION_LAYERS
 ATOL = 1e-5
 PROMPT = "USER: <image>\nWhat is shown in this image? ASSISTANT:"
-PROCESSOR_FILES = ("processor_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
-
-
-def build_tiny_vipllava(out_dir, processor_src, seed: int = 0, **config_overrides):
-    """A tiny random ViP-LLaVA saved by transformers 5, with the tiny LLaVA's processor files beside it."""
-    torch.manual_seed(seed)
-    config = transformers.VipLlavaConfig(
-        vision_config=dict(assets.TINY_VISION, num_hidden_layers=VISION_LAYERS),
-        text_config=dict(assets.TINY_TEXT, model_type="llama"), image_token_index=IMAGE, pad_token_id=PAD,
-        **config_overrides)
-    model = transformers.VipLlavaForConditionalGeneration(config).eval()
-    assets.perturb_(model, seed)
-    model.save_pretrained(out_dir)
-    for name in PROCESSOR_FILES:
-        shutil.copy(processor_src / name, out_dir / name)
-    return out_dir
 
 
 @pytest.fixture(scope="module")
-def vip_dir(tmp_path_factory, tiny_llava_dir):
-    return build_tiny_vipllava(tmp_path_factory.mktemp("tiny-vipllava"), tiny_llava_dir)
+def vip_dir(tiny_vipllava_dir):
+    return tiny_vipllava_dir
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from transformers.image_processing_utils import select_best_resolution as hf_sel
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
 from llavakit import AutoImageProcessor, LlavaNextImageProcessor
-from llavakit.anyres import select_best_resolution
-from llavakit.processing.image_next import DEFAULT_GRID_PINPOINTS, fit_size
+from llavakit.anyres import DEFAULT_PINPOINTS, select_best_resolution
+from llavakit.processing.image_next import fit_size
 
 SMALL = dict(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
              image_grid_pinpoints=[[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]])
@@ -70,8 +70,8 @@ def test_best_resolution_matches_transformers():
     sizes = [(h, w) for h in (1, 7, 20, 100, 224, 336, 337, 480, 503, 672, 899, 1080, 2000)
              for w in (1, 7, 20, 100, 224, 316, 336, 640, 1000, 1256, 2000)]
     for size in sizes:
-        assert select_best_resolution(size, DEFAULT_GRID_PINPOINTS) == hf_select_best_resolution(
-            size, DEFAULT_GRID_PINPOINTS), size
+        assert select_best_resolution(size, DEFAULT_PINPOINTS) == hf_select_best_resolution(
+            size, DEFAULT_PINPOINTS), size
         assert select_best_resolution(size, SMALL["image_grid_pinpoints"]) == hf_select_best_resolution(
             size, SMALL["image_grid_pinpoints"]), size
 
@@ -80,7 +80,7 @@ def test_best_resolution_matches_transformers():
     ((480, 640), (672, 672), (504, 672)), ((899, 1024), (672, 672), (590, 672)), ((336, 336), (336, 672), None),
     ((100, 2000), (336, 1008), (51, 1008)), ((503, 316), (672, 336), (535, 336))])
 def test_worked_grid_examples(size, best, fitted):
-    assert select_best_resolution(size, DEFAULT_GRID_PINPOINTS) == best  # (336, 336): first of a tie
+    assert select_best_resolution(size, DEFAULT_PINPOINTS) == best  # (336, 336): first of a tie
     if fitted is not None:
         assert fit_size(*size, best) == fitted
 
@@ -180,7 +180,7 @@ def test_config_matches_transformers(small, real):
     for ours, ref in (small, real, (LlavaNextImageProcessor(), LlavaNextImageProcessorPil())):
         expected = {k: list(v) if isinstance(v, tuple) else v for k, v in ref.to_dict().items()}
         assert ours.to_dict() == expected
-    assert LlavaNextImageProcessor().image_grid_pinpoints == DEFAULT_GRID_PINPOINTS
+    assert LlavaNextImageProcessor().image_grid_pinpoints == DEFAULT_PINPOINTS
 
 
 def test_save_load_round_trip(small, images, tmp_path):
