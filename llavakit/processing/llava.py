@@ -17,7 +17,7 @@ from llavakit.loading.hub import resolve_file
 from llavakit.processing import chat_template as chat
 from llavakit.processing.batch import BatchFeature
 from llavakit.processing.image import CLIPImageProcessor, flatten_images, load_image, load_image_processor_dict
-from llavakit.processing.templates import TEMPLATES
+from llavakit.processing.templates import TEMPLATES, default_template_name
 from llavakit.processing.tokenizer import AutoTokenizer, PreTrainedTokenizerFast, drop_transformers_only_kwargs, \
     read_chat_templates, save_chat_templates
 
@@ -171,11 +171,12 @@ class LlavaProcessor:
                 return self.chat_template["default"]
             if self.chat_template is not None:
                 return self.chat_template
+            name = default_template_name(None, getattr(self, "name_or_path", None))
             if not getattr(self, "_warned_default_template", False):
-                logger.warning("this checkpoint has no chat template; using llavakit's built-in 'llava' template "
-                               "(USER: ... ASSISTANT:)")
+                logger.warning(f"this checkpoint has no chat template; using llavakit's built-in {name!r} template "
+                               f"(choose another with chat_template=NAME)")
                 self._warned_default_template = True
-            return TEMPLATES["llava"]
+            return TEMPLATES[name]
         if isinstance(self.chat_template, dict) and chat_template in self.chat_template:
             return self.chat_template[chat_template]
         return TEMPLATES.get(chat_template, chat_template)
@@ -288,7 +289,9 @@ class LlavaProcessor:
                                                "num_additional_image_tokens") if k in processor_dict}
         init.update(kwargs)
         init.setdefault("chat_template", template)
-        return cls(image_processor, tokenizer, **init)
+        processor = cls(image_processor, tokenizer, **init)
+        processor.name_or_path = os.fspath(path_or_repo_id)  # picks the built-in template when none ships
+        return processor
 
 
 def read_processor_dict(path_or_repo_id: str | os.PathLike, hub: dict[str, Any]) -> dict[str, Any]:

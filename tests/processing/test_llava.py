@@ -307,3 +307,17 @@ def test_template_only_in_tokenizer_config_or_none(tiny_llava_hub_dir, tmp_path,
     assert processor.apply_chat_template(_conversation(photos), add_generation_prompt=True) == (
         "USER: <image>\nWhat is shown in this image? ASSISTANT: A red stop sign. USER: <image>\nWhy is it red? "
         "ASSISTANT:")
+
+
+def test_fallback_template_follows_the_checkpoint_name(tiny_llava_hub_dir, tmp_path, photos):
+    """A 34B (Yi) or Mistral checkpoint that ships no template gets its family's built-in one."""
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi?"}]}]
+    expected = {
+        "llava-v1.6-34b-hf": "<|im_start|>user\n<image>\nHi?<|im_end|>\n<|im_start|>assistant\n",
+        "llava-v1.6-mistral-7b-hf": "[INST] <image>\nHi? [/INST]",
+        "llava-1.5-7b-hf": "USER: <image>\nHi? ASSISTANT:",
+    }
+    for name, rendered in expected.items():
+        folder = _copy_without_templates(tiny_llava_hub_dir, tmp_path / name)
+        processor = LlavaProcessor.from_pretrained(folder)
+        assert processor.apply_chat_template(conversation, add_generation_prompt=True) == rendered, name
