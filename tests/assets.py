@@ -109,8 +109,10 @@ def build_tiny_llava_next(out_dir: Path, tokenizer_dir: Path, seed: int = 0, tex
     import transformers
 
     torch.manual_seed(seed)
+    text = dict(TINY_TEXT, model_type="llama")
+    text.update(text_overrides or {})
     config = transformers.LlavaNextConfig(
-        vision_config=dict(TINY_VISION), text_config=dict(TINY_TEXT, model_type="llama", **(text_overrides or {})),
+        vision_config=dict(TINY_VISION), text_config=text,
         image_token_index=32000, pad_token_id=32001, image_grid_pinpoints=NEXT_PINPOINTS, **config_overrides)
     model = transformers.LlavaNextForConditionalGeneration(config).eval()
     perturb_(model, seed)
