@@ -1,8 +1,8 @@
-"""`llavakit convert SRC DST`: an original LLaVA / ViP-LLaVA checkpoint -> the llava-hf layout.
+"""`llavakit convert SRC DST`: an original LLaVA / ViP-LLaVA / LLaVA-NeXT checkpoint -> the llava-hf layout.
 
 DST holds the model (save_pretrained), the tokenizer with `<image>` and `<pad>` added as the converter
-adds them, an image processor that pads to a square when the original did (image_aspect_ratio "pad"),
-and the family's chat template. transformers and llavakit both load DST.
+adds them, an image processor that pads to a square when the original did (image_aspect_ratio "pad") or
+llava-hf's anyres one for NeXT, and the family's chat template. transformers and llavakit both load DST.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert an original LLaVA checkpoint to the llava-hf layout",
-                       description="Convert an original (liuhaotian / mucai) LLaVA checkpoint to the llava-hf layout.")
+                       description="Convert an original (liuhaotian / mucai) LLaVA, ViP-LLaVA or LLaVA-NeXT "
+                                   "checkpoint to the llava-hf layout.")
     p.add_argument("src", help="original checkpoint folder or Hub repo id")
     p.add_argument("dst", help="output folder")
     p.add_argument("--vision-tower", default=None,
@@ -48,8 +49,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, vision_tower: str
         raise ValueError(f"{os.fspath(src)} is not an original LLaVA checkpoint (its config.json has no mm_* keys); "
                          "llava-hf checkpoints need no conversion")
     kind = original.family(data)
-    if kind == "llava_next":
-        raise ValueError("converting original LLaVA-NeXT (anyres) checkpoints is not supported yet")
     model_class = original._model_classes(kind)[0]
     options: dict[str, Any] = {"dtype": dtype, "vision_tower": vision_tower, "model_base": model_base}
     if allow_pickle:
@@ -64,22 +63,30 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, vision_tower: str
 
 def build_processor(config: Any, data: dict[str, Any], src: str | os.PathLike, *, tokenizer: str | None,
                     vision_tower: str | None, chat_template: str | None, kind: str) -> Any:
-    """A LlavaProcessor for the converted model: tokens, image preprocessing and template of the original."""
-    from llavakit.processing.image_llava import LlavaImageProcessor
-    from llavakit.processing.llava import LlavaProcessor
+    """A LlavaProcessor (LlavaNextProcessor for anyres) for the converted model: tokens, image preprocessing
+    and template of the original. NeXT gets llava-hf's anyres preprocessing, as transformers' converter writes."""
     from llavakit.processing.templates import TEMPLATES, default_template_name
 
     tok = _tokenizer_with_image_and_pad(tokenizer or src, config)
     vision = config.vision_config
-    image_processor = LlavaImageProcessor(size={"shortest_edge": vision.image_size},
-                                          crop_size={"height": vision.image_size, "width": vision.image_size},
-                                          do_pad=data.get("image_aspect_ratio") == "pad")
+    sizes = dict(size={"shortest_edge": vision.image_size},
+                 crop_size={"height": vision.image_size, "width": vision.image_size})
+    if kind == "llava_next":
+        from llavakit.processing.image_next import LlavaNextImageProcessor
+        from llavakit.processing.llava_next import LlavaNextProcessor as processor_class
+
+        image_processor = LlavaNextImageProcessor(image_grid_pinpoints=config.image_grid_pinpoints, **sizes)
+    else:
+        from llavakit.processing.image_llava import LlavaImageProcessor
+        from llavakit.processing.llava import LlavaProcessor as processor_class
+
+        image_processor = LlavaImageProcessor(do_pad=data.get("image_aspect_ratio") == "pad", **sizes)
     name = chat_template or default_template_name("vipllava" if kind == "vipllava" else data.get("model_type"),
                                                   f"{os.fspath(src)} {data.get('_name_or_path', '')}")
     if name not in TEMPLATES:
         raise ValueError(f"unknown chat template {name!r}; built-in templates: {sorted(TEMPLATES)}")
     strategy = getattr(config, "vision_feature_select_strategy", "default")
-    return LlavaProcessor(image_processor, tok, patch_size=vision.patch_size, vision_feature_select_strategy=strategy,
+    return processor_class(image_processor, tok, patch_size=vision.patch_size, vision_feature_select_strategy=strategy,
                           num_additional_image_tokens=1, chat_template=TEMPLATES[name])
 
 

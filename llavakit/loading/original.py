@@ -1,4 +1,4 @@
-"""Original LLaVA checkpoints (liuhaotian, mucai/ViP, -lora folders): their config.json and tensor names -> ours.
+"""Original LLaVA checkpoints (liuhaotian v1.5 / v1.6, mucai/ViP, -lora folders): config.json and tensor names -> ours.
 
 `from_pretrained` on such a folder lands here through a hook in load.py. The conversion follows
 transformers' convert_llava_weights_to_hf.py: `<image>` and `<pad>` join the vocabulary after the
@@ -9,9 +9,11 @@ padding rows differ from a llava-hf conversion, and inference never reads them f
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
 import os
+import re
 from typing import Any, Callable, Iterator
 
 import torch
@@ -28,6 +30,7 @@ ORIGINAL_ARCHITECTURES = ("LlavaLlamaForCausalLM", "LlavaMistralForCausalLM")
 ORIGINAL_MODEL_TYPES = ("llava_llama", "llava_mistral")
 ORIGINAL_KEYS = ("mm_vision_tower", "mm_projector_type", "mm_hidden_size")
 PROJECTOR_TYPES = ("mlp2x_gelu",)
+NEXT_ASPECT, NEXT_MERGE = "anyres", "spatial_unpad"  # the only anyres mode transformers' LlavaNext computes
 SELECT_FEATURES = {"patch": "default", "cls_patch": "full"}
 VIP_TOWER = "clip_4layers_336"  # ViP-LLaVA's name for CLIP-L/14-336 read at layers [-2, -5, -8, -11, 6]
 VIP_LAYERS = [-2, -5, -8, -11, 6]
@@ -56,7 +59,8 @@ def family(data: dict[str, Any]) -> str:
     """'vipllava', 'llava_next' (anyres) or 'llava'."""
     if data.get("mm_vision_tower") == VIP_TOWER:
         return "vipllava"
-    if data.get("image_aspect_ratio") == "anyres" or "spatial_unpad" in str(data.get("mm_patch_merge_type", "")):
+    aspect, merge = str(data.get("image_aspect_ratio", "")), str(data.get("mm_patch_merge_type", ""))
+    if aspect.startswith("anyres") or "unpad" in merge:
         return "llava_next"
     return "llava"
 
@@ -79,6 +83,13 @@ def text_config_dict(data: dict[str, Any], vocab_size: int) -> dict[str, Any]:
 
 
 def _check_supported(data: dict[str, Any]) -> None:
+    architectures = [a for a in data.get("architectures") or [] if re.fullmatch(r"Llava\w*ForCausalLM", a)]
+    model_type = str(data.get("model_type", ""))
+    unknown = [a for a in architectures if a not in ORIGINAL_ARCHITECTURES] or (
+        [model_type] if model_type.startswith("llava_") and model_type not in ORIGINAL_MODEL_TYPES else [])
+    if unknown:
+        raise ValueError(f"original LLaVA checkpoint of type {unknown[0]!r}: llavakit reads "
+                         f"{list(ORIGINAL_ARCHITECTURES)} (llama / mistral decoders)")
     projector = data.get("mm_projector_type", "linear")  # the original code's default
     if projector not in PROJECTOR_TYPES:
         raise ValueError(f"original LLaVA checkpoint with mm_projector_type={projector!r}: llavakit supports "
@@ -90,6 +101,48 @@ def _check_supported(data: dict[str, Any]) -> None:
     if feature not in SELECT_FEATURES:
         raise ValueError(f"mm_vision_select_feature={feature!r} is not supported; expected one of "
                          f"{sorted(SELECT_FEATURES)}")
+    if family(data) == "llava_next":
+        aspect, merge = data.get("image_aspect_ratio"), data.get("mm_patch_merge_type", "flat")
+        if (aspect, merge) != (NEXT_ASPECT, NEXT_MERGE):
+            raise ValueError(f"image_aspect_ratio={aspect!r} with mm_patch_merge_type={merge!r} is not supported; "
+                             f"LLaVA-NeXT checkpoints need {NEXT_ASPECT!r} with {NEXT_MERGE!r} (as llava-v1.6 has)")
+
+
+def grid_pinpoints(value: Any, tower_size: int) -> list[list[int]]:
+    """The original `image_grid_pinpoints` -> llava-hf's [height, width] list.
+
+    The original code reads each pair as (width, height). A set closed under swapping (llava-v1.6's
+    [[336, 672], [672, 336], ...]) is kept in its written order, which is what the llava-hf conversions
+    carry; any other set is swapped to (height, width). LLaVA-NeXT repos also write a string: grid
+    multiples of the tower's image size, "(1x1),(1x2),(2x1)" or a range "(1x1),...,(3x3)", or a
+    Python literal list.
+    """
+    pairs = value
+    if isinstance(value, str):
+        text = value.replace(" ", "")
+        cell = r"\(\d+x\d+\)"
+        if re.fullmatch(rf"{cell}(,{cell})*", text) or re.fullmatch(rf"{cell},\.\.\.,{cell}", text):
+            cells = [(int(a), int(b)) for a, b in re.findall(r"\((\d+)x(\d+)\)", text)]
+            if "..." in text:  # every grid from the first to the last
+                (w0, h0), (w1, h1) = cells
+                cells = [(w, h) for w in range(w0, w1 + 1) for h in range(h0, h1 + 1)]
+            pairs = [[w * tower_size, h * tower_size] for w, h in cells]
+        else:
+            try:
+                pairs = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                raise ValueError(f"cannot read image_grid_pinpoints={value!r}: expected a list of [width, height] "
+                                 "pairs or grid multiples like '(1x1),(1x2),(2x1)' or '(1x1),...,(3x3)'") from None
+    if not isinstance(pairs, (list, tuple)) or not pairs or any(
+            not isinstance(p, (list, tuple)) or len(p) != 2 or not all(type(x) is int and x > 0 for x in p)
+            for p in pairs):
+        raise ValueError(f"image_grid_pinpoints must be a non-empty list of [width, height] pairs of positive ints, "
+                         f"got {value!r}")
+    pairs = [[int(a), int(b)] for a, b in pairs]
+    as_set = {tuple(p) for p in pairs}
+    if as_set == {(b, a) for a, b in as_set}:
+        return pairs
+    return [[b, a] for a, b in pairs]  # (width, height) -> (height, width)
 
 
 def tower_source(data: dict[str, Any], vision_tower: str | os.PathLike | None) -> str:
@@ -159,7 +212,7 @@ def build_config(data: dict[str, Any], vision_config: CLIPVisionConfig, old_voca
             raise ValueError("this is an original LLaVA-NeXT (anyres) checkpoint, which this llavakit version cannot "
                              "load yet") from None
         if data.get("image_grid_pinpoints") is not None:
-            llava["image_grid_pinpoints"] = data["image_grid_pinpoints"]
+            llava["image_grid_pinpoints"] = grid_pinpoints(data["image_grid_pinpoints"], vision_config.image_size)
         return LlavaNextConfig(**llava)
     from llavakit.config.llava import LlavaConfig
 

@@ -1,4 +1,4 @@
-"""`llavakit convert`: original LLaVA / ViP-LLaVA folders -> llava-hf folders that transformers loads."""
+"""`llavakit convert`: original LLaVA / ViP-LLaVA / LLaVA-NeXT folders -> llava-hf folders that transformers loads."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ import torch
 import transformers
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
-from llavakit import AutoProcessor, LlavaForConditionalGeneration
+from llavakit import AutoProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 from llavakit.cli.main import main
 from llavakit.processing.templates import TEMPLATES
+from tests import assets
 from tests.loading.test_original import (IMAGE, PAD, assert_same_logits, inputs, tiny_reference, write_original,
                                          write_tower)
+from tests.loading.test_original_next import (assert_same_next_logits, next_inputs, tiny_next_reference,
+                                              write_next_original)
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +100,47 @@ def test_convert_errors(tmp_path, tiny_llava_dir, converted, capsys):
     _, dst = converted  # an already converted folder is not an original either
     assert main(["convert", str(dst), str(tmp_path / "out2")]) == 2
     assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
+
+
+# ---- LLaVA-NeXT (liuhaotian/llava-v1.6-*) ------------------------------------------------------------
+@pytest.mark.parametrize("name, text_type, template", [("llava-v1.6-mistral-7b", "mistral", "mistral"),
+                                                       ("llava-v1.6-vicuna-7b", "llama", "llava"),
+                                                       ("llava-v1.6-34b", "llama", "chatml")])
+def test_convert_next(tmp_path, original_tokenizer, tiny_llava_next_dir, photos, name, text_type, template):
+    """Original NeXT -> llava-hf folder: transformers' model and processor give the reference's logits and tokens.
+
+    The 34b case keeps the 32000-token tokenizer (its Yi vocabulary is covered in test_original_next.py);
+    it checks that the name picks the ChatML template, as the llava-hf 34b conversion has.
+    """
+    reference = tiny_next_reference(text_type, seed=7)
+    src = write_next_original(tmp_path / name, reference, text_type)
+    for file in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(original_tokenizer / file, src / file)
+    tower = write_tower(tmp_path / "tower", reference)
+    dst = tmp_path / (name + "-hf")
+    assert main(["convert", str(src), str(dst), "--vision-tower", str(tower)]) == 0
+
+    processor = transformers.AutoProcessor.from_pretrained(dst)
+    assert type(processor) is transformers.LlavaNextProcessor
+    assert processor.image_processor.image_grid_pinpoints == assets.NEXT_PINPOINTS
+    assert processor.image_processor.crop_size["height"] == assets.NEXT_CROP and processor.patch_size == 7
+    assert processor.tokenizer.convert_tokens_to_ids(["<image>", "<pad>"]) == [IMAGE, PAD]
+    assert processor.chat_template == TEMPLATES[template]
+    batch = next_inputs(processor, photos)
+    # the converted processor gives what the llava-hf processor of the same sizes gives
+    hub_processor = transformers.AutoProcessor.from_pretrained(tiny_llava_next_dir)
+    hub_processor.tokenizer.padding_side = "left"  # as the converted tokenizer (and llava-hf's) pads
+    hub_style = next_inputs(hub_processor, photos)
+    assert batch["input_ids"].tolist() == hub_style["input_ids"].tolist()
+    torch.testing.assert_close(batch["pixel_values"], hub_style["pixel_values"])
+    ours_processor = AutoProcessor.from_pretrained(dst)
+    ours_batch = next_inputs(ours_processor, photos)
+    assert ours_batch["input_ids"].tolist() == batch["input_ids"].tolist()
+    torch.testing.assert_close(ours_batch["pixel_values"], batch["pixel_values"])
+
+    hf = transformers.LlavaNextForConditionalGeneration.from_pretrained(dst).eval()
+    assert_same_next_logits(reference, hf, batch)
+    expected = reference.generate(**batch, max_new_tokens=5, do_sample=False).tolist()
+    assert hf.generate(**batch, max_new_tokens=5, do_sample=False).tolist() == expected
+    ours = LlavaNextForConditionalGeneration.from_pretrained(dst)
+    assert ours.generate(**batch, max_new_tokens=5, do_sample=False).tolist() == expected

@@ -48,12 +48,17 @@ def tiny_reference(kind: str = "llava", seed: int = 0):
                                           image_token_index=IMAGE, pad_token_id=PAD)
         model = transformers.LlavaForConditionalGeneration(config)
     assets.perturb_(model, seed)
+    fill_new_rows_(model)
+    return model.eval()
+
+
+def fill_new_rows_(model, old_vocab: int = OLD_VOCAB) -> None:
+    """Set the embedding / head rows past the original vocabulary to the mean llavakit gives them."""
     with torch.no_grad():
         embed = model.get_input_embeddings().weight
-        mean = embed[:OLD_VOCAB].mean(dim=0)
-        embed[OLD_VOCAB:] = mean
-        model.lm_head.weight[OLD_VOCAB:] = mean
-    return model.eval()
+        mean = embed[:old_vocab].mean(dim=0)
+        embed[old_vocab:] = mean
+        model.lm_head.weight[old_vocab:] = mean
 
 
 def original_config(kind: str, tower: str) -> dict:
@@ -70,7 +75,8 @@ def original_config(kind: str, tower: str) -> dict:
     return data
 
 
-def original_state(model, kind: str = "llava", with_tower: bool = True) -> dict[str, torch.Tensor]:
+def original_state(model, kind: str = "llava", with_tower: bool = True,
+                   old_vocab: int = OLD_VOCAB) -> dict[str, torch.Tensor]:
     rules = VIP_INVERSE if kind == "vip" else LLAVA_INVERSE
     state = {}
     for key, value in model.state_dict().items():
@@ -81,7 +87,7 @@ def original_state(model, kind: str = "llava", with_tower: bool = True) -> dict[
                 key = new + key[len(old):]
                 break
         if key in ("model.embed_tokens.weight", "lm_head.weight"):
-            value = value[:OLD_VOCAB]  # the original vocabulary has no <image> / <pad>
+            value = value[:old_vocab]  # the original vocabulary has no <image> / <pad>
         state[key] = value.clone().contiguous()
     state["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(8)  # stale buffer old checkpoints carry
     return state
