@@ -30,8 +30,17 @@ def cache_dir() -> Path:
     return Path(root) / f"demo-{VERSION}"
 
 
+TRAINED_DIR = Path(__file__).parent / "assets" / "demo-model"  # trained by scripts/train_demo.py, when shipped
+
+
+def has_trained_model() -> bool:
+    return (TRAINED_DIR / "model.safetensors").exists()
+
+
 def demo_checkpoint() -> str:
-    """Path of the demo checkpoint folder, built on first use (well under a second)."""
+    """The shipped trained demo model if present; else the RANDOM one, built on first use (well under a second)."""
+    if has_trained_model():
+        return str(TRAINED_DIR)
     folder = cache_dir()
     if not (folder / "model.safetensors").exists():
         build_demo_checkpoint(folder)

@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
         model_path = demo.demo_checkpoint()
         images = images or [demo.EXAMPLE_IMAGE]
-        print(demo.NOTICE, file=sys.stderr)
+        if not demo.has_trained_model():
+            print(demo.NOTICE, file=sys.stderr)
     if not images:
         raise ValueError("give at least one --image FILE_OR_URL")
     if args.seed is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llavakit.cli import convert, generate
+from llavakit.cli import chat, convert, eval_mc, generate, merge, serve, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,6 +13,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     generate.add_parser(sub)
     convert.add_parser(sub)
+    eval_mc.add_parser(sub)
+    train.add_parser(sub)
+    merge.add_parser(sub)
+    serve.add_parser(sub)
+    chat.add_parser(sub)
     return parser
 
 

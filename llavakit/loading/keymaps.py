@@ -50,6 +50,16 @@ BASE_MODEL_IGNORED = ("language_model.lm_head.", "lm_head.")
 
 BASE_MODELS = ("LlavaModel", "VipLlavaModel", "LlavaNextModel", "LlamaModel", "MistralModel", "Qwen2Model")
 
+# Task heads (llavakit/models/heads.py): the family's base model under `model.`, an optional `lm_head`, and the
+# head's own tensors (`score.*`, `qa_outputs.*`, `classifier.*`), which no rule touches.
+HEAD_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering")
+LM_HEAD_SUFFIXES = ("ForMultipleChoice",)  # scores options with the LM head, so it keeps it
+LLAVA_HUB_TO_HEAD: list[tuple[str, str]] = [("language_model.model.", "model.language_model."),
+                                            ("language_model.lm_head.", "lm_head."),
+                                            ("vision_tower.", "model.vision_tower."),
+                                            ("multi_modal_projector.", "model.multi_modal_projector."),
+                                            ("image_newline", "model.image_newline")]
+
 
 def layout_rules(model_class_name: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(rules to the Hub layout, rules from the Hub layout to this class's modules) for a model class."""
@@ -58,6 +68,8 @@ def layout_rules(model_class_name: str) -> tuple[list[tuple[str, str]], list[tup
         return LLAVA_TO_HUB, []
     if model_class_name in ("LlavaModel", "VipLlavaModel", "LlavaNextModel"):
         return LLAVA_TO_HUB, LLAVA_HUB_TO_BASE
+    if model_class_name.endswith(HEAD_SUFFIXES + LM_HEAD_SUFFIXES):
+        return LLAVA_TO_HUB, LLAVA_HUB_TO_HEAD
     if model_class_name in ("CLIPVisionModel", "SiglipVisionModel"):  # same layouts, same rules
         return CLIP_TO_HUB, []
     if model_class_name in ("LlamaModel", "MistralModel", "Qwen2Model"):
@@ -69,7 +81,8 @@ def is_ignored(hub_key: str, model_class_name: str) -> bool:
     """True for checkpoint tensors this class skips on purpose."""
     if hub_key.endswith(ALWAYS_IGNORED):
         return True
-    return model_class_name in BASE_MODELS and hub_key.startswith(BASE_MODEL_IGNORED)
+    drops_head = model_class_name in BASE_MODELS or model_class_name.endswith(HEAD_SUFFIXES)
+    return drops_head and hub_key.startswith(BASE_MODEL_IGNORED)
 
 
 def save_rules(model_class_name: str) -> list[tuple[str, str]]:

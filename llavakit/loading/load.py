@@ -7,6 +7,7 @@ copies of the weights exist, so a 7B checkpoint loads in bf16 within about 15 Gi
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Iterable
 
@@ -16,6 +17,8 @@ from torch import nn
 from llavakit.config.base import PretrainedConfig, dtype_from_str
 from llavakit.loading import keymaps
 from llavakit.loading.hub import CheckpointNotFoundError, read_json, resolve_file, resolve_optional
+
+logger = logging.getLogger(__name__)
 
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
@@ -207,6 +210,15 @@ def load_tensors(model: nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], 
 
     model.tie_weights()
     missing = [name for name, p in model.named_parameters() if p.is_meta]
+    fresh = [name for name in missing if name.startswith(getattr(model, "_keys_new_on_load", ()))]
+    if fresh:  # e.g. a task head loaded from a generation checkpoint: its head starts random, as in transformers
+        for name in fresh:
+            _set_parameter(model, name, torch.empty(params[name].shape, dtype=dtype, device=device))
+        model.init_new_parameters(fresh)
+        logger.warning("Some weights of %s were not initialized from the checkpoint at %s and are newly initialized: "
+                       "%s. You should probably train this model on a downstream task before using it for "
+                       "predictions.", class_name, where, fresh)
+        missing = [name for name in missing if name not in fresh]
     problems = []
     if missing:
         problems.append(f"missing from the checkpoint: {_short_list(missing)}")

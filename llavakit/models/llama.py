@@ -6,6 +6,7 @@ Module names equal the checkpoint's tensor names (`model.layers.0.self_attn.q_pr
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from llavakit.config.llama import LlamaConfig, MistralConfig
@@ -102,6 +103,7 @@ class LlamaModel(PreTrainedModel):
         self.layers = nn.ModuleList(self.decoder_layer_class(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
+        self.gradient_checkpointing = False  # set by PreTrainedModel.gradient_checkpointing_enable()
         init_weights(self, config.initializer_range)
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -153,7 +155,13 @@ class LlamaModel(PreTrainedModel):
         for layer in self.layers:
             if output_hidden_states:
                 all_hidden.append(x)
-            x, probs = layer(x, cos_sin, mask, past_key_values, eager)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # recompute this layer's activations in backward instead of storing them; no KV cache
+                # (the recompute would append to it twice), as in transformers
+                x, probs = torch.utils.checkpoint.checkpoint(layer, x, cos_sin, mask, None, eager,
+                                                             use_reentrant=False)
+            else:
+                x, probs = layer(x, cos_sin, mask, past_key_values, eager)
             if output_attentions:
                 all_attn.append(probs)
         x = self.norm(x)

@@ -319,6 +319,62 @@ class PreTrainedTokenizerFast:
     def num_special_tokens_to_add(self, pair: bool = False) -> int:
         return self._tokenizer.num_special_tokens_to_add(pair)
 
+    # ---- special-token layout (the slow tokenizers' methods, read off the post-processor) ----------
+    def _special_layout(self, pair: bool) -> list[tuple[int | None, int | None, int]]:
+        """The post-processor's template as (special token id, None, type id) and (None, sequence index, type id)
+        entries, e.g. Llama's pair template `<s> A <s> B` (or `<s> A </s> <s> B </s>` with add_eos_token)."""
+        marker = ["a"]  # any word: only where the sequence lands matters
+        encoding = self._tokenizer.encode(marker, marker if pair else None, is_pretokenized=True,
+                                          add_special_tokens=True)
+        layout: list[tuple[int | None, int | None, int]] = []
+        for token_id, sequence, type_id in zip(encoding.ids, encoding.sequence_ids, encoding.type_ids):
+            if sequence is None:
+                layout.append((token_id, None, type_id))
+            elif not layout or layout[-1][1] != sequence:
+                layout.append((None, sequence, type_id))
+        return layout
+
+    def _apply_layout(self, token_ids_0: list[int], token_ids_1: list[int] | None,
+                      special: Any, sequence: Any) -> list[int]:
+        """Walk the template: `special(id, type_id)` gives a special slot's values, `sequence(ids, type_id)`
+        a sequence's."""
+        sequences = [list(token_ids_0), list(token_ids_1 or [])]
+        out: list[int] = []
+        for token_id, index, type_id in self._special_layout(token_ids_1 is not None):
+            out.extend(special(token_id, type_id) if index is None else sequence(sequences[index], type_id))
+        return out
+
+    def build_inputs_with_special_tokens(self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+                                         ) -> list[int]:
+        """Ids with the special tokens added as encoding adds them (Llama: `<s> A`, pairs `<s> A <s> B`)."""
+        return self._apply_layout(token_ids_0, token_ids_1, lambda i, _: [i], lambda ids, _: ids)
+
+    def get_special_tokens_mask(self, token_ids_0: list[int], token_ids_1: list[int] | None = None,
+                                already_has_special_tokens: bool = False) -> list[int]:
+        """1 for special tokens, 0 for sequence tokens: of `build_inputs_with_special_tokens(...)`'s output, or,
+        with already_has_special_tokens=True, of `token_ids_0` itself (any special token's id counts)."""
+        if already_has_special_tokens:
+            if token_ids_1 is not None:
+                raise ValueError("You should not supply a second sequence if the provided sequence of ids is "
+                                 "already formatted with special tokens for the model.")
+            special_ids = set(self.all_special_ids)
+            return [1 if int(i) in special_ids else 0 for i in token_ids_0]
+        return self._apply_layout(token_ids_0, token_ids_1, lambda i, _: [1], lambda ids, _: [0] * len(ids))
+
+    def create_token_type_ids_from_sequences(self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+                                             ) -> list[int]:
+        """Type ids of `build_inputs_with_special_tokens(...)`'s output (Llama: 0 for the first sequence and its
+        specials, 1 for the second's)."""
+        return self._apply_layout(token_ids_0, token_ids_1, lambda _, t: [t], lambda ids, t: [t] * len(ids))
+
+    def save_vocabulary(self, save_directory: str | os.PathLike, filename_prefix: str | None = None) -> tuple[str]:
+        """Write the vocabulary file, which for a fast tokenizer is tokenizer.json; returns its path."""
+        if not os.path.isdir(save_directory):
+            raise ValueError(f"Vocabulary path ({os.fspath(save_directory)}) should be an existing directory")
+        path = os.path.join(save_directory, (f"{filename_prefix}-" if filename_prefix else "") + TOKENIZER_FILE)
+        self._tokenizer.save(path)
+        return (path,)
+
     # ---- encoding ---------------------------------------------------------------------------------
     def _strategies(self, padding: Any, truncation: Any, max_length: int | None,
                     pad_to_multiple_of: int | None) -> tuple[str, str, int | None]:

@@ -1,0 +1,106 @@
+"""`llavakit train`: fine-tune a LLaVA checkpoint on LLaVA-format or messages-style JSON data.
+
+Stages: stage1 (projector only), stage2 (projector + language model), lora / qlora (peft adapters on the
+language model + full projector), full (everything, for training from scratch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="fine-tune a LLaVA model", description=__doc__)
+    p.add_argument("--model", required=True, help="checkpoint folder or Hub repo id to start from")
+    p.add_argument("--data", required=True, help="training data: a JSON list or JSONL of LLaVA/messages records")
+    p.add_argument("--image-folder", default=None, help="folder that relative image paths are resolved against")
+    p.add_argument("--eval-data", default=None, help="held-out data (default: --eval-split of --data)")
+    p.add_argument("--eval-split", type=float, default=0.0, help="fraction of --data held out for eval loss")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--stage", default="stage2", choices=["stage1", "stage2", "lora", "qlora", "full"])
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--max-steps", type=int, default=-1)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--lr", type=float, default=None, help="default: 1e-3 stage1, 2e-5 stage2, 2e-4 lora")
+    p.add_argument("--projector-lr", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--warmup-ratio", type=float, default=0.03)
+    p.add_argument("--max-length", type=int, default=2048, help="tokens per sample, image tokens included")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--group-by-modality-length", action="store_true")
+    p.add_argument("--logging-steps", type=int, default=10)
+    p.add_argument("--eval-steps", type=int, default=0)
+    p.add_argument("--save-steps", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in --output-dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lora-r", type=int, default=128)
+    p.add_argument("--lora-alpha", type=int, default=256)
+    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--chat-template", default=None, help="a built-in template name (default: the checkpoint's)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(run=run)
+
+
+DEFAULT_LR = {"stage1": 1e-3, "stage2": 2e-5, "lora": 2e-4, "qlora": 2e-4, "full": 1e-3}
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from llavakit import AutoModelForImageTextToText, AutoProcessor
+    from llavakit.training import freeze, loop
+    from llavakit.training.data import Collator, SupervisedDataset, load_records
+
+    torch.manual_seed(args.seed)
+    processor = AutoProcessor.from_pretrained(args.model)
+    if args.stage == "qlora":
+        from llavakit.training.lora import check_qlora_available
+
+        check_qlora_available()
+    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype="float32")
+    freeze.apply_stage(model, args.stage)
+    if args.stage in ("lora", "qlora"):
+        from llavakit.training.lora import add_lora
+
+        model = add_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)
+    print(f"[llavakit train] {args.stage}: {freeze.trainable_summary(model)}")
+
+    records = load_records(args.data)
+    eval_records = load_records(args.eval_data) if args.eval_data else []
+    if not eval_records and args.eval_split > 0:
+        random.Random(args.seed).shuffle(records)
+        n_eval = max(1, int(len(records) * args.eval_split))
+        eval_records, records = records[:n_eval], records[n_eval:]
+    options = dict(image_folder=args.image_folder, max_length=args.max_length, chat_template=args.chat_template)
+    train_set = SupervisedDataset(records, processor, **options)
+    eval_set = SupervisedDataset(eval_records, processor, **options) if eval_records else None
+    pad = processor.tokenizer.pad_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has no pad token; set one (e.g. tokenizer.pad_token = tokenizer.eos_token)")
+
+    training_args = loop.TrainingArguments(
+        output_dir=args.output_dir, num_train_epochs=args.epochs, max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
+        learning_rate=args.lr if args.lr is not None else DEFAULT_LR[args.stage], projector_lr=args.projector_lr,
+        weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, bf16=args.bf16,
+        gradient_checkpointing=args.gradient_checkpointing, group_by_modality_length=args.group_by_modality_length,
+        logging_steps=args.logging_steps, eval_steps=args.eval_steps, save_steps=args.save_steps, seed=args.seed,
+        resume_from_checkpoint=True if args.resume else None, disable_progress=args.quiet)
+    loop.train(model, training_args, train_set, Collator(pad), eval_set)
+    if train_set.skipped:
+        print(f"[llavakit train] skipped {len(train_set.skipped)} training sample(s) (see the log above)")
+
+    if args.stage in ("lora", "qlora"):
+        from llavakit.training.lora import save_adapter
+
+        save_adapter(model, args.output_dir)
+    else:
+        model.save_pretrained(args.output_dir)
+    if args.chat_template is not None:
+        processor.chat_template = train_set.template
+    processor.save_pretrained(args.output_dir)
+    print(f"[llavakit train] saved to {args.output_dir}")
+    return 0

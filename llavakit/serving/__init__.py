@@ -1,0 +1,1 @@
+"""The OpenAI-compatible server (`llavakit serve`): request checks, media fetching, continuous batching, routes."""

@@ -1,0 +1,196 @@
+"""The FastAPI app: OpenAI-style routes over the engine, API-key check, errors in OpenAI's JSON shape.
+
+Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics,
+and the chat page at /.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llavakit.serving import prompt as prompts
+from llavakit.serving.engine import Engine, Event
+from llavakit.serving.media import MediaLimits
+from llavakit.serving.schemas import APIError, ChatRequest, parse_chat, parse_completion
+
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(engine: Engine, model_name: str, limits: MediaLimits | None = None, api_key: str | None = None,
+               chat_template: str | None = None, max_body_bytes: int = 32 * 1024 * 1024) -> FastAPI:
+    """The server around a started (or to-be-started) engine; the app starts and stops it with itself."""
+    limits = limits or MediaLimits()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        yield
+        engine.stop()
+
+    app = FastAPI(title="llavakit", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    metrics = engine.metrics
+
+    @app.middleware("http")
+    async def auth_and_count(request: Request, call_next: Any) -> Any:
+        if api_key and request.url.path.startswith("/v1/"):
+            if request.headers.get("authorization", "") != f"Bearer {api_key}":
+                response = _error(APIError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
+                                           code="invalid_api_key"))
+                metrics.inc("requests_total", endpoint=request.url.path, status="401")
+                return response
+        response = await call_next(request)
+        metrics.inc("requests_total", endpoint=request.url.path, status=str(response.status_code))
+        return response
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, err: APIError) -> JSONResponse:
+        return _error(err)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        return _error(APIError(err.status_code, f"{request.method} {request.url.path}: {err.detail}"))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, err: Exception) -> JSONResponse:
+        return _error(APIError(500, f"internal error: {type(err).__name__}: {err}"))
+
+    async def read_body(request: Request) -> Any:
+        body = await request.body()
+        if len(body) > max_body_bytes:
+            raise APIError(413, f"the request body is {len(body)} bytes, more than the {max_body_bytes} allowed")
+        try:
+            return json.loads(body)
+        except ValueError as err:
+            raise APIError(400, f"the request body is not valid JSON: {err}") from None
+
+    def check_model(req: ChatRequest) -> None:
+        if req.model not in (None, model_name):
+            raise APIError(404, f"the model {req.model!r} does not exist; this server serves {model_name!r}",
+                           "model", "model_not_found")
+
+    @app.get("/")
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics_text() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        card = {"id": model_name, "object": "model", "created": int(time.time()), "owned_by": "llavakit",
+                "max_model_len": engine.max_model_len}
+        return {"object": "list", "data": [card]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        req = parse_chat(await read_body(request))
+        check_model(req)
+        prompt = await run_in_threadpool(prompts.encode_chat, engine.processor, req, limits, chat_template)
+        return await _respond(request, engine, req, prompt, model_name, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        req = parse_completion(await read_body(request))
+        check_model(req)
+        prompt = await run_in_threadpool(prompts.encode_text, engine.processor, req.prompt)
+        return await _respond(request, engine, req, prompt, model_name, chat=False)
+
+    return app
+
+
+def _error(err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+async def _respond(request: Request, engine: Engine, req: ChatRequest, prompt: prompts.Prompt, model_name: str,
+                   chat: bool) -> Any:
+    """Submit to the engine (errors before any output keep their status), then stream or collect."""
+    loop, events = asyncio.get_running_loop(), asyncio.Queue()
+    seq = engine.submit(prompt, req.sampling, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+    meta = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, "created": int(time.time()),
+            "model": model_name}
+    if req.stream:
+        return StreamingResponse(_sse(events, seq, req, meta, chat), media_type="text/event-stream")
+    try:
+        text, logprobs, last = "", [], None
+        while last is None or not (last.finish_reason or last.error):
+            try:
+                last = await asyncio.wait_for(events.get(), timeout=0.5)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    return None
+                continue
+            text, logprobs = text + last.text, logprobs + last.logprobs
+    finally:
+        seq.cancel()  # frees the slot if the client left; a no-op when finished
+    if last.error:
+        raise last.error
+    choice = _choice(chat, text, logprobs, last.finish_reason, delta=False)
+    return {**meta, "object": "chat.completion" if chat else "text_completion", "choices": [choice],
+            "usage": _usage(last)}
+
+
+async def _sse(events: asyncio.Queue, seq: Any, req: ChatRequest, meta: dict, chat: bool) -> AsyncIterator[str]:
+    """OpenAI's server-sent events: `data: {chunk}` per step, `data: [DONE]` last."""
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(**fields: Any) -> str:
+        return f"data: {json.dumps({**meta, 'object': kind, **fields})}\n\n"
+
+    try:
+        if chat:
+            yield chunk(choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                  "finish_reason": None}])
+        while True:
+            event: Event = await events.get()
+            if event.error:
+                yield f"data: {json.dumps(event.error.body())}\n\n"
+                break
+            if event.text or event.logprobs or event.finish_reason:
+                yield chunk(choices=[_choice(chat, event.text, event.logprobs, event.finish_reason, delta=True)])
+            if event.finish_reason:
+                if req.include_usage:
+                    yield chunk(choices=[], usage=_usage(event))
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        seq.cancel()  # the client disconnected, or the stream ended: either way the slot is free
+
+
+def _choice(chat: bool, text: str, logprobs: list[dict], finish: str | None, delta: bool) -> dict:
+    if chat:
+        key = "delta" if delta else "message"
+        content = {"content": text} if delta else {"role": "assistant", "content": text}
+        lp = {"content": [_chat_logprob(x) for x in logprobs]} if logprobs else None
+        return {"index": 0, key: content, "logprobs": lp, "finish_reason": finish}
+    lp = None
+    if logprobs:
+        lp = {"tokens": [x["token"] for x in logprobs], "token_logprobs": [x["logprob"] for x in logprobs],
+              "top_logprobs": [dict(x["top"]) for x in logprobs]}
+    return {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}
+
+
+def _chat_logprob(x: dict) -> dict:
+    top = [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in x["top"]]
+    return {"token": x["token"], "logprob": x["logprob"], "bytes": list(x["token"].encode()), "top_logprobs": top}
+
+
+def _usage(event: Event) -> dict:
+    return {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
+            "total_tokens": event.prompt_tokens + event.completion_tokens}

@@ -1,0 +1,162 @@
+"""Request validation for the OpenAI-style endpoints, and the error type every route answers with.
+
+Bodies are checked by hand (not by pydantic) so each problem gets one clear message naming the field,
+in OpenAI's error shape: {"error": {"message", "type", "param", "code"}}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+               413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
+               500: "internal_server_error", 503: "service_unavailable"}
+
+
+class APIError(Exception):
+    """An error answered to the client with an HTTP status and OpenAI's JSON error body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": ERROR_TYPES.get(self.status, "invalid_request_error"),
+                          "param": self.param, "code": self.code}}
+
+
+@dataclasses.dataclass
+class SamplingParams:
+    """What one request asks of the decoder; temperature 0 means greedy."""
+
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = dataclasses.field(default_factory=list)
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+@dataclasses.dataclass
+class ChatRequest:
+    """A validated chat (or completion) request: messages with image URLs still unfetched."""
+
+    model: str | None
+    messages: list[dict[str, Any]]  # role + content (str or list of {"type": "text"|"image_url", ...})
+    sampling: SamplingParams
+    stream: bool = False
+    include_usage: bool = False
+    prompt: str | None = None  # /v1/completions: raw prompt text, no chat template
+
+
+def _typed(body: dict, name: str, kinds: tuple[type, ...], default: Any = None) -> Any:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) and bool not in kinds:
+        raise APIError(422, f"'{name}' must be {' or '.join(k.__name__ for k in kinds)}, got a boolean", name)
+    if not isinstance(value, kinds):
+        raise APIError(422, f"'{name}' must be {' or '.join(k.__name__ for k in kinds)}, got "
+                       f"{type(value).__name__}", name)
+    return value
+
+
+def _in_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise APIError(400, f"'{name}' must be between {low} and {high}, got {value}", name)
+
+
+def parse_sampling(body: dict, chat: bool) -> SamplingParams:
+    """The sampling fields shared by both endpoints, with OpenAI's names and ranges."""
+    max_tokens = _typed(body, "max_completion_tokens", (int,)) if chat else None
+    max_tokens = max_tokens if max_tokens is not None else _typed(body, "max_tokens", (int,))
+    if max_tokens is not None and max_tokens < 1:
+        raise APIError(400, f"'max_tokens' must be at least 1, got {max_tokens}", "max_tokens")
+    temperature = float(_typed(body, "temperature", (int, float), 1.0))
+    _in_range("temperature", temperature, 0.0, 2.0)
+    top_p = float(_typed(body, "top_p", (int, float), 1.0))
+    if not 0.0 < top_p <= 1.0:
+        raise APIError(400, f"'top_p' must be in (0, 1], got {top_p}", "top_p")
+    stop = _typed(body, "stop", (str, list), [])
+    stop = [stop] if isinstance(stop, str) else stop
+    if len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
+        raise APIError(400, f"'stop' must be a string or a list of up to 4 non-empty strings, got {stop!r}", "stop")
+    seed = _typed(body, "seed", (int,))
+    if chat:
+        logprobs = bool(_typed(body, "logprobs", (bool,), False))
+        top = _typed(body, "top_logprobs", (int,), 0)
+        if top and not logprobs:
+            raise APIError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    else:  # the legacy endpoint: logprobs is the number of alternatives
+        top = _typed(body, "logprobs", (int,), None)
+        logprobs, top = top is not None, top or 0
+    _in_range("top_logprobs", top, 0, 20)
+    n = _typed(body, "n", (int,), 1)
+    if n != 1:
+        raise APIError(400, f"only n=1 is supported, got n={n}", "n")
+    return SamplingParams(max_tokens, temperature, top_p, list(stop), seed, logprobs, top)
+
+
+def _check_message(i: int, message: Any) -> dict[str, Any]:
+    where = f"messages[{i}]"
+    if not isinstance(message, dict):
+        raise APIError(422, f"'{where}' must be an object, got {type(message).__name__}", where)
+    role = message.get("role")
+    if role not in ("system", "user", "assistant", "developer"):
+        raise APIError(400, f"'{where}.role' must be system, user or assistant, got {role!r}", f"{where}.role")
+    content = message.get("content")
+    if content is None and role == "assistant":
+        content = ""
+    if isinstance(content, str):
+        return {"role": "system" if role == "developer" else role, "content": content}
+    if not isinstance(content, list):
+        raise APIError(422, f"'{where}.content' must be a string or a list of parts", f"{where}.content")
+    parts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "image_url":
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url  # Ollama also accepts a bare string
+            if not isinstance(url, str) or not url:
+                raise APIError(422, f"'{where}.content[{j}].image_url' needs a 'url' string",
+                               f"{where}.content[{j}].image_url")
+            parts.append({"type": "image_url", "url": url})
+        else:
+            raise APIError(400, f"'{where}.content[{j}]' must be a text or image_url part, got type {kind!r}",
+                           f"{where}.content[{j}]")
+    return {"role": "system" if role == "developer" else role, "content": parts}
+
+
+def _stream_options(body: dict) -> tuple[bool, bool]:
+    stream = bool(_typed(body, "stream", (bool,), False))
+    options = _typed(body, "stream_options", (dict,), {})
+    return stream, bool(options.get("include_usage", False))
+
+
+def parse_chat(body: Any) -> ChatRequest:
+    """Validate a /v1/chat/completions body."""
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise APIError(422, "'messages' must be a non-empty list", "messages")
+    checked = [_check_message(i, m) for i, m in enumerate(messages)]
+    stream, usage = _stream_options(body)
+    return ChatRequest(_typed(body, "model", (str,)), checked, parse_sampling(body, chat=True), stream, usage)
+
+
+def parse_completion(body: Any) -> ChatRequest:
+    """Validate a /v1/completions body (a text prompt, no images)."""
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise APIError(422, "'prompt' must be a non-empty string", "prompt")
+    stream, usage = _stream_options(body)
+    return ChatRequest(_typed(body, "model", (str,)), [], parse_sampling(body, chat=False), stream, usage, prompt)

@@ -1,0 +1,226 @@
+"""The training loop: AdamW, cosine schedule with warmup, gradient accumulation, bf16 autocast, eval loss,
+a progress line, and checkpoints that resume to exactly the result of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from llavakit.training.data import epoch_batches
+
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclasses.dataclass
+class TrainingArguments:
+    """Names follow transformers' TrainingArguments where they mean the same thing."""
+
+    output_dir: str
+    num_train_epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides num_train_epochs (optimizer steps)
+    per_device_train_batch_size: int = 4
+    per_device_eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-5
+    projector_lr: float | None = None  # LLaVA's mm_projector_lr (LoRA recipe: 2e-5)
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    group_by_modality_length: bool = False
+    logging_steps: int = 10
+    eval_steps: int = 0  # 0: evaluate at the end only
+    save_steps: int = 0  # 0: no intermediate checkpoints
+    seed: int = 0
+    resume_from_checkpoint: str | bool | None = None  # a checkpoint folder, or True for the latest in output_dir
+    disable_progress: bool = False
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear 0 -> 1 over `warmup` steps, then cosine 1 -> 0 at `total`."""
+    if step < warmup:
+        return step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def build_optimizer(model: nn.Module, args: TrainingArguments) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; no decay on biases/norms; the projector may get its own lr."""
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        lr = args.projector_lr if args.projector_lr is not None and "multi_modal_projector" in name else None
+        decay = args.weight_decay if param.ndim >= 2 else 0.0
+        groups.setdefault((lr if lr is not None else args.learning_rate, decay), []).append(param)
+    if not groups:
+        raise ValueError("no parameter requires grad: nothing to train (check the stage / freezing)")
+    return torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()],
+                             lr=args.learning_rate)
+
+
+class Progress:
+    """One status line: step, loss, lr, tokens/s and ETA (rewritten in place on a terminal)."""
+
+    def __init__(self, total: int, disabled: bool) -> None:
+        self.total, self.disabled, self.start = total, disabled, time.time()
+        self.tty = sys.stderr.isatty()
+
+    def show(self, step: int, loss: float, lr: float, tokens_per_s: float, first_step: int) -> None:
+        if self.disabled:
+            return
+        done = step - first_step
+        eta = (time.time() - self.start) / max(done, 1) * (self.total - step)
+        line = (f"step {step}/{self.total} | loss {loss:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s | "
+                f"eta {int(eta) // 60}:{int(eta) % 60:02d}")
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def note(self, text: str) -> None:
+        if not self.disabled:
+            print(("\n" if self.tty else "") + text, file=sys.stderr, flush=True)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Any, collate: Callable, batch_size: int, bf16: bool = False) -> float:
+    """Mean loss per supervised token over the whole dataset."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        if not batch:
+            continue
+        batch = {k: v.to(device) for k, v in batch.items()}
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**batch).loss
+        total, count = total + float(loss) * n, count + n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"step": step, "params": _trainable_state(model), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}, folder / STATE_FILE)
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    found = sorted(Path(output_dir).glob("checkpoint-*/" + STATE_FILE), key=lambda p: int(p.parent.name.split("-")[1]))
+    return found[-1].parent if found else None
+
+
+def _load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LambdaLR) -> int:
+    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in state["params"]]
+    if missing:
+        raise ValueError(f"checkpoint {folder} does not match this model: {len(missing)} trainable parameters are "
+                         f"missing (first: {missing[0]}); resume with the same stage and options")
+    with torch.no_grad():
+        for name, value in state["params"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def train(model: nn.Module, args: TrainingArguments, train_dataset: Any, collate: Callable,
+          eval_dataset: Any = None) -> list[dict[str, float]]:
+    """Train `model` in place on `train_dataset`; returns the logged history (also in output_dir/log.jsonl).
+
+    One step is `gradient_accumulation_steps` micro-batches; the batch order depends only on (seed, epoch),
+    so a resumed run sees the same batches as an uninterrupted one.
+    """
+    if len(train_dataset) == 0:
+        raise ValueError("the training set is empty")
+    torch.manual_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    bs, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    if bs < 1 or accum < 1:
+        raise ValueError(f"batch size ({bs}) and gradient_accumulation_steps ({accum}) must be >= 1")
+    lengths = train_dataset.modality_lengths() if args.group_by_modality_length else None
+    per_epoch = math.ceil(len(train_dataset) / bs)
+    total = args.max_steps if args.max_steps > 0 else max(1, math.ceil(args.num_train_epochs * per_epoch / accum))
+    warmup = math.ceil(args.warmup_ratio * total)
+
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    device = next(model.parameters()).device
+    optimizer = build_optimizer(model, args)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, total, warmup))
+    step = 0
+    resume = args.resume_from_checkpoint
+    if resume is True:
+        resume = latest_checkpoint(output_dir)
+    if resume:
+        step = _load_checkpoint(Path(resume), model, optimizer, scheduler)
+
+    history: list[dict[str, float]] = []
+    log_path = output_dir / "log.jsonl"
+    progress = Progress(total, args.disable_progress)
+    first_step, cached_epoch, order = step, -1, []
+    window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.time()
+    while step < total:
+        loss_value, tokens = 0.0, 0
+        for micro in range(step * accum, (step + 1) * accum):
+            epoch, position = divmod(micro, per_epoch)
+            if epoch != cached_epoch:
+                order, cached_epoch = epoch_batches(len(train_dataset), bs, args.seed, epoch, lengths), epoch
+            batch = collate([train_dataset[i] for i in order[position]])
+            if not batch:  # every sample in it was skipped (logged by the dataset)
+                continue
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                loss = model(**batch).loss / accum
+            loss.backward()
+            loss_value += float(loss.detach())
+            tokens += int(batch["attention_mask"].sum())
+        if args.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        window_loss, window_steps, window_tokens = window_loss + loss_value, window_steps + 1, window_tokens + tokens
+
+        record: dict[str, float] = {}
+        if step % max(args.logging_steps, 1) == 0 or step == total:
+            elapsed = max(time.time() - window_start, 1e-9)
+            record = {"step": step, "loss": window_loss / window_steps, "lr": scheduler.get_last_lr()[0],
+                      "tokens_per_s": window_tokens / elapsed}
+            progress.show(step, record["loss"], record["lr"], record["tokens_per_s"], first_step)
+            window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.time()
+        if eval_dataset is not None and ((args.eval_steps and step % args.eval_steps == 0) or step == total):
+            record = {"step": step, **record, "eval_loss": evaluate(model, eval_dataset, collate,
+                                                                    args.per_device_eval_batch_size, args.bf16)}
+            progress.note(f"step {step}: eval_loss {record['eval_loss']:.4f}")
+        if record:
+            history.append(record)
+            with open(log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        if args.save_steps and step % args.save_steps == 0 and step < total:
+            save_checkpoint(output_dir / f"checkpoint-{step}", model, optimizer, scheduler, step)
+    progress.note("training done")
+    return history
