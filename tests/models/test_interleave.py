@@ -19,6 +19,7 @@ from llavakit.models.siglip import SiglipVisionModel
 from llavakit.processing.auto import AutoProcessor
 from llavakit.processing.image_siglip import SiglipImageProcessor
 from tests import assets
+from tests.parity import assert_close
 
 IMAGE, PAD = 32000, 32001
 N_TOKENS = 16  # 729 for the real 384 px / patch 14 tower
@@ -74,9 +75,6 @@ def images(photos):
     return [PIL.Image.open(photos[name]) for name in ("astronaut", "chelsea", "coffee")]
 
 
-def assert_close(a: torch.Tensor, b: torch.Tensor, atol: float = ATOL) -> None:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    torch.testing.assert_close(a, b, atol=atol, rtol=0)
 
 
 def encode(processors, text, images, **kwargs):

@@ -10,6 +10,7 @@ from llavakit.config import LlamaConfig, MistralConfig
 from llavakit.models.cache import DynamicCache
 from llavakit.models.llama import LlamaForCausalLM, LlamaModel, MistralForCausalLM
 from tests.assets import perturb_
+from tests.parity import assert_close, run_both
 
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5)
@@ -48,14 +49,8 @@ def left_padded(batch: int = 2, seq: int = 12, pad: tuple[int, ...] = (0, 4), vo
     return ids, mask, position_ids
 
 
-def assert_close(a: torch.Tensor, b: torch.Tensor, atol: float = ATOL) -> None:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    torch.testing.assert_close(a, b, atol=atol, rtol=0)
 
 
-def run_both(hf, ours, **inputs):
-    with torch.no_grad():
-        return hf(**inputs), ours(**inputs)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

@@ -22,6 +22,7 @@ from llavakit.config import LlavaNextConfig
 from llavakit.models.llava_next import LlavaNextForConditionalGeneration, LlavaNextModel, unpad_image
 from llavakit.models.outputs import LlavaCausalLMOutputWithPast
 from tests import assets
+from tests.parity import assert_close, run_both
 
 IMAGE, PAD = 32000, 32001
 CROP = assets.NEXT_CROP
@@ -59,14 +60,8 @@ def images(photos):
     return loaded
 
 
-def assert_close(a: torch.Tensor, b: torch.Tensor, atol: float = ATOL) -> None:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    torch.testing.assert_close(a, b, atol=atol, rtol=0)
 
 
-def run_both(hf, ours, **inputs):
-    with torch.no_grad():
-        return hf(**inputs), ours(**inputs)
 
 
 def with_positions(inputs) -> dict:

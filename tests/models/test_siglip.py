@@ -11,15 +11,13 @@ from llavakit.config import SiglipVisionConfig
 from llavakit.models.auto import AutoModel
 from llavakit.models.siglip import SiglipVisionModel
 from tests.assets import perturb_
+from tests.parity import assert_close
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=28,
             patch_size=7)
 ATOL = 1e-5
 
 
-def assert_close(a: torch.Tensor, b: torch.Tensor, atol: float = ATOL) -> None:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    torch.testing.assert_close(a, b, atol=atol, rtol=0)
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["head", "no-head"])

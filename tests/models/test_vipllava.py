@@ -14,6 +14,7 @@ from llavakit.config import VipLlavaConfig
 from llavakit.models.outputs import LlavaCausalLMOutputWithPast
 from llavakit.models.vipllava import VipLlavaForConditionalGeneration, VipLlavaModel, VipLlavaMultiModalProjector
 from tests import assets
+from tests.parity import assert_close, image_prompt, left_pad, random_pixels, run_both
 
 IMAGE, PAD = 32000, 32001
 N_TOKENS = assets.IMAGE_TOKENS  # 16 per image, CLS always dropped
@@ -43,34 +44,14 @@ def pair(vip_dir):
     return hf, VipLlavaForConditionalGeneration.from_pretrained(vip_dir)
 
 
-def prompt(n_images: int, seed: int = 0) -> list[int]:
-    gen = torch.Generator().manual_seed(seed)
-    ids = [1] + torch.randint(3, 31000, (3,), generator=gen).tolist()
-    for _ in range(n_images):
-        ids += [IMAGE] * N_TOKENS + torch.randint(3, 31000, (4,), generator=gen).tolist()
-    return ids
 
 
-def batch(prompts: list[list[int]]):
-    """Left-pad to one length: input_ids, attention_mask and the mask-derived position_ids."""
-    width = max(map(len, prompts))
-    ids = torch.tensor([[PAD] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def pixels(n: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n, 3, 28, 28, generator=torch.Generator().manual_seed(seed))
 
 
-def assert_close(a: torch.Tensor, b: torch.Tensor, atol: float = ATOL) -> None:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    torch.testing.assert_close(a, b, atol=atol, rtol=0)
 
 
-def run_both(hf, ours, **inputs):
-    with torch.no_grad():
-        return hf(**inputs), ours(**inputs)
 
 
 def test_state_dict_has_the_hub_layout(pair):
@@ -87,8 +68,8 @@ def test_state_dict_has_the_hub_layout(pair):
 @pytest.mark.parametrize("n_images", [1, 2])
 def test_logits_and_image_features_match_transformers(pair, n_images):
     hf, ours = pair
-    ids = torch.tensor([prompt(n_images)])
-    a, b = run_both(hf, ours, input_ids=ids, pixel_values=pixels(n_images), output_hidden_states=True)
+    ids = torch.tensor([image_prompt(n_images)])
+    a, b = run_both(hf, ours, input_ids=ids, pixel_values=random_pixels(n_images), output_hidden_states=True)
     assert isinstance(b, LlavaCausalLMOutputWithPast)
     assert_close(b.logits, a.logits)
     assert b.image_hidden_states.shape == (n_images, N_TOKENS, 64)  # per image, unlike LLaVA's (N * P, H)
@@ -96,17 +77,17 @@ def test_logits_and_image_features_match_transformers(pair, n_images):
     for x, y in zip(b.hidden_states, a.hidden_states, strict=True):
         assert_close(x, y)
     with torch.no_grad():
-        as_tuple = ours(input_ids=ids, pixel_values=pixels(n_images), return_dict=False)
-        reference = hf(input_ids=ids, pixel_values=pixels(n_images), return_dict=False)
+        as_tuple = ours(input_ids=ids, pixel_values=random_pixels(n_images), return_dict=False)
+        reference = hf(input_ids=ids, pixel_values=random_pixels(n_images), return_dict=False)
     assert len(as_tuple) == len(reference) == 3
     assert_close(as_tuple[2], reference[2])
 
 
 def test_left_padded_batch_and_loss_match_transformers(pair):
     hf, ours = pair
-    ids, mask, pos = batch([prompt(1, seed=1), prompt(2, seed=2)])
+    ids, mask, pos = left_pad([image_prompt(1, seed=1), image_prompt(2, seed=2)])
     labels = ids.masked_fill((ids == IMAGE) | (mask == 0), -100)
-    a, b = run_both(hf, ours, input_ids=ids, attention_mask=mask, position_ids=pos, pixel_values=pixels(3),
+    a, b = run_both(hf, ours, input_ids=ids, attention_mask=mask, position_ids=pos, pixel_values=random_pixels(3),
                     labels=labels)
     assert_close(b.logits, a.logits)
     assert_close(b.loss, a.loss)
@@ -116,8 +97,8 @@ def test_left_padded_batch_and_loss_match_transformers(pair):
 def test_get_image_features_matches_transformers(pair):
     hf, ours = pair
     with torch.no_grad():
-        features = ours.get_image_features(pixels(2))
-        reference = hf.get_image_features(pixels(2)).pooler_output
+        features = ours.get_image_features(random_pixels(2))
+        reference = hf.get_image_features(random_pixels(2)).pooler_output
     assert features.shape == (2, N_TOKENS, 64)
     assert_close(features, reference)
 
@@ -126,43 +107,43 @@ def test_features_are_the_listed_layers_without_cls_in_list_order(pair):
     _, ours = pair
     tower, projector = ours.vision_tower, ours.multi_modal_projector
     with torch.no_grad():
-        states = tower(pixels(1), output_hidden_states=True).hidden_states  # 11 states
+        states = tower(random_pixels(1), output_hidden_states=True).hidden_states  # 11 states
         by_hand = torch.cat([states[i][:, 1:] for i in (-2, -5, -8, -11, 6)], dim=-1)  # (1, 16, 160)
-        assert_close(ours.get_image_features(pixels(1)), projector(by_hand), atol=0)
+        assert_close(ours.get_image_features(random_pixels(1)), projector(by_hand), atol=0)
         swapped = torch.cat([states[i][:, 1:] for i in (6, -5, -8, -11, -2)], dim=-1)
-        assert_close(ours.get_image_features(pixels(1), [6, -5, -8, -11, -2]), projector(swapped), atol=0)
+        assert_close(ours.get_image_features(random_pixels(1), [6, -5, -8, -11, -2]), projector(swapped), atol=0)
 
 
 def test_layer_argument_under_either_name(pair):
     hf, ours = pair
     layers = [1, 2, 3, 4, 5]
-    ids = torch.tensor([prompt(1, seed=3)])
+    ids = torch.tensor([image_prompt(1, seed=3)])
     with torch.no_grad():
-        reference = hf(input_ids=ids, pixel_values=pixels(1), vision_feature_layer=layers).logits
-        v4 = ours(input_ids=ids, pixel_values=pixels(1), vision_feature_layers=layers).logits
-        v5 = ours(input_ids=ids, pixel_values=pixels(1), vision_feature_layer=layers).logits
-        default = ours(input_ids=ids, pixel_values=pixels(1)).logits
-        assert_close(ours.get_image_features(pixels(1), vision_feature_layer=layers),
-                     ours.get_image_features(pixels(1), vision_feature_layers=layers), atol=0)
+        reference = hf(input_ids=ids, pixel_values=random_pixels(1), vision_feature_layer=layers).logits
+        v4 = ours(input_ids=ids, pixel_values=random_pixels(1), vision_feature_layers=layers).logits
+        v5 = ours(input_ids=ids, pixel_values=random_pixels(1), vision_feature_layer=layers).logits
+        default = ours(input_ids=ids, pixel_values=random_pixels(1)).logits
+        assert_close(ours.get_image_features(random_pixels(1), vision_feature_layer=layers),
+                     ours.get_image_features(random_pixels(1), vision_feature_layers=layers), atol=0)
     assert_close(v4, reference)
     assert_close(v5, reference)
     assert (v4 - default).abs().max() > 1e-3  # the argument is used
     with pytest.raises(ValueError, match="two names for the same argument"):
-        ours(input_ids=ids, pixel_values=pixels(1), vision_feature_layers=layers, vision_feature_layer=[1, 2, 3, 4, 6])
+        ours(input_ids=ids, pixel_values=random_pixels(1), vision_feature_layers=layers, vision_feature_layer=[1, 2, 3, 4, 6])
     with pytest.raises(ValueError, match="selects 2 layer.*built for 5"):
-        ours.get_image_features(pixels(1), [-2, -3])
+        ours.get_image_features(random_pixels(1), [-2, -3])
     with pytest.raises(ValueError, match="non-empty list of ints, got \\[\\]"):
-        ours.get_image_features(pixels(1), [])
+        ours.get_image_features(random_pixels(1), [])
     with pytest.raises(ValueError, match="vision feature layer 11 is out of range.*10 layers"):
-        ours.get_image_features(pixels(1), [-2, -5, -8, -11, 11])
+        ours.get_image_features(random_pixels(1), [-2, -5, -8, -11, 11])
 
 
 def test_vipllava_model_matches_transformers(vip_dir):
     hf = transformers.VipLlavaModel.from_pretrained(vip_dir).eval()
     ours = VipLlavaModel.from_pretrained(vip_dir)
     assert "language_model.embed_tokens.weight" in ours.state_dict()
-    ids = torch.tensor([prompt(1, seed=4)])
-    a, b = run_both(hf, ours, input_ids=ids, pixel_values=pixels(1))
+    ids = torch.tensor([image_prompt(1, seed=4)])
+    a, b = run_both(hf, ours, input_ids=ids, pixel_values=random_pixels(1))
     assert_close(b.last_hidden_state, a.last_hidden_state)
     assert_close(b.image_hidden_states, a.image_hidden_states)
 
@@ -174,11 +155,11 @@ def test_hub_layout_with_the_v4_key_name_gives_the_same_logits(pair, vip_hub_dir
     hub = VipLlavaForConditionalGeneration.from_pretrained(vip_hub_dir)
     assert hub.config.vision_feature_layers == [-2, -5, -8, -11, 6]
     reference = transformers.VipLlavaForConditionalGeneration.from_pretrained(vip_hub_dir).eval()
-    ids = torch.tensor([prompt(1, seed=5)])
+    ids = torch.tensor([image_prompt(1, seed=5)])
     with torch.no_grad():
-        logits = hub(input_ids=ids, pixel_values=pixels(1)).logits
-        assert_close(logits, ours(input_ids=ids, pixel_values=pixels(1)).logits, atol=0)
-        assert_close(logits, reference(input_ids=ids, pixel_values=pixels(1)).logits)
+        logits = hub(input_ids=ids, pixel_values=random_pixels(1)).logits
+        assert_close(logits, ours(input_ids=ids, pixel_values=random_pixels(1)).logits, atol=0)
+        assert_close(logits, reference(input_ids=ids, pixel_values=random_pixels(1)).logits)
 
 
 def test_save_pretrained_is_read_back_by_transformers(pair, tmp_path):
@@ -188,10 +169,10 @@ def test_save_pretrained_is_read_back_by_transformers(pair, tmp_path):
     assert saved["model_type"] == "vipllava" and saved["vision_feature_layers"] == [-2, -5, -8, -11, 6]
     reloaded = transformers.VipLlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
     assert list(reloaded.config.vision_feature_layer) == [-2, -5, -8, -11, 6]
-    ids = torch.tensor([prompt(1, seed=6)])
+    ids = torch.tensor([image_prompt(1, seed=6)])
     with torch.no_grad():
-        assert_close(reloaded(input_ids=ids, pixel_values=pixels(1)).logits,
-                     hf(input_ids=ids, pixel_values=pixels(1)).logits, atol=0)
+        assert_close(reloaded(input_ids=ids, pixel_values=random_pixels(1)).logits,
+                     hf(input_ids=ids, pixel_values=random_pixels(1)).logits, atol=0)
 
 
 def test_auto_classes_dispatch_on_vipllava(vip_dir):
@@ -203,12 +184,12 @@ def test_auto_classes_dispatch_on_vipllava(vip_dir):
 
 def test_image_token_mismatch_errors(pair):
     _, ours = pair
-    one_short = prompt(1)
+    one_short = image_prompt(1)
     one_short.remove(IMAGE)
     with pytest.raises(ValueError, match="Image features and image tokens do not match: tokens: 15, features: 16"):
-        ours(input_ids=torch.tensor([one_short]), pixel_values=pixels(1))
+        ours(input_ids=torch.tensor([one_short]), pixel_values=random_pixels(1))
     with pytest.raises(ValueError, match="tokens: 16, features: 32"):
-        ours(input_ids=torch.tensor([prompt(1)]), pixel_values=pixels(2))
+        ours(input_ids=torch.tensor([image_prompt(1)]), pixel_values=random_pixels(2))
 
 
 @pytest.fixture(scope="module")
@@ -253,5 +234,5 @@ def test_random_model_built_from_a_config():
     norm = model.multi_modal_projector.projector_layernorm
     assert torch.equal(norm.weight, torch.ones(96)) and torch.equal(norm.bias, torch.zeros(96))
     with torch.no_grad():
-        out = model(input_ids=torch.tensor([prompt(1)]), pixel_values=pixels(1))
+        out = model(input_ids=torch.tensor([image_prompt(1)]), pixel_values=random_pixels(1))
     assert torch.isfinite(out.logits).all() and out.logits.shape == (1, 24, 32064)
