@@ -2,6 +2,7 @@
 
 Stages: stage1 (projector only), stage2 (projector + language model), lora / qlora (peft adapters on the
 language model + full projector), full (everything, for training from scratch).
+`--task sequence-classification` / `multiple-choice` fine-tunes a task head instead (its head always trains).
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lora-dropout", type=float, default=0.05)
     p.add_argument("--chat-template", default=None, help="a built-in template name (default: the checkpoint's)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--task", default="generation", choices=["generation", "sequence-classification", "multiple-choice"],
+                   help="sequence-classification: records with a 'label'; multiple-choice: eval-mc rows "
+                        "{image, question, options, answer}, trains the head's classifier")
+    p.add_argument("--num-labels", type=int, default=None, help="sequence-classification: number of labels")
+    p.add_argument("--labels", default=None, help="sequence-classification: comma-separated label names (index order)")
+    p.add_argument("--problem-type", default=None,
+                   choices=["regression", "single_label_classification", "multi_label_classification"],
+                   help="default: inferred from the labels, as transformers does")
     p.set_defaults(run=run)
 
 
@@ -51,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from llavakit import AutoModelForImageTextToText, AutoProcessor
-    from llavakit.training import freeze, loop
+    from llavakit.cli.eval_mc import read_rows
+    from llavakit.training import freeze, heads, loop
     from llavakit.training.data import Collator, SupervisedDataset, load_records
 
     torch.manual_seed(args.seed)
@@ -60,26 +70,48 @@ def run(args: argparse.Namespace) -> int:
         from llavakit.training.lora import check_qlora_available
 
         check_qlora_available()
-    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype="float32")
-    freeze.apply_stage(model, args.stage)
+    if args.task == "generation":
+        model = AutoModelForImageTextToText.from_pretrained(args.model, dtype="float32")
+        freeze.apply_stage(model, args.stage)
+    else:
+        labels = {}
+        if args.labels:
+            names = [name.strip() for name in args.labels.split(",")]
+            labels = {"num_labels": len(names), "id2label": dict(enumerate(names))}
+            if args.num_labels is not None and args.num_labels != len(names):
+                raise ValueError(f"--num-labels {args.num_labels} disagrees with the {len(names)} --labels names")
+        elif args.num_labels is not None:
+            labels = {"num_labels": args.num_labels}
+        model = heads.load_head(args.model, args.task, processor.tokenizer.pad_token_id,
+                                problem_type=args.problem_type, **labels)
+        heads.apply_stage(model, args.stage)
+    config = model.config
     if args.stage in ("lora", "qlora"):
         from llavakit.training.lora import add_lora
 
         model = add_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)
+        if args.task != "generation":
+            heads.unfreeze_head(model)
     print(f"[llavakit train] {args.stage}: {freeze.trainable_summary(model)}")
 
-    records = load_records(args.data)
-    eval_records = load_records(args.eval_data) if args.eval_data else []
+    read = read_rows if args.task == "multiple-choice" else load_records
+    records = read(args.data)
+    eval_records = read(args.eval_data) if args.eval_data else []
     if not eval_records and args.eval_split > 0:
         random.Random(args.seed).shuffle(records)
         n_eval = max(1, int(len(records) * args.eval_split))
         eval_records, records = records[:n_eval], records[n_eval:]
     options = dict(image_folder=args.image_folder, max_length=args.max_length, chat_template=args.chat_template)
-    train_set = SupervisedDataset(records, processor, **options)
-    eval_set = SupervisedDataset(eval_records, processor, **options) if eval_records else None
     pad = processor.tokenizer.pad_token_id
     if pad is None:
         raise ValueError("the tokenizer has no pad token; set one (e.g. tokenizer.pad_token = tokenizer.eos_token)")
+    if args.task == "generation":
+        train_set, collate = SupervisedDataset(records, processor, **options), Collator(pad)
+        eval_set = SupervisedDataset(eval_records, processor, **options) if eval_records else None
+    else:
+        train_set, collate = heads.dataset_and_collator(args.task, records, processor, config, **options)
+        eval_set = heads.dataset_and_collator(args.task, eval_records, processor, config, **options)[0] \
+            if eval_records else None
 
     training_args = loop.TrainingArguments(
         output_dir=args.output_dir, num_train_epochs=args.epochs, max_steps=args.max_steps,
@@ -89,11 +121,13 @@ def run(args: argparse.Namespace) -> int:
         gradient_checkpointing=args.gradient_checkpointing, group_by_modality_length=args.group_by_modality_length,
         logging_steps=args.logging_steps, eval_steps=args.eval_steps, save_steps=args.save_steps, seed=args.seed,
         resume_from_checkpoint=True if args.resume else None, disable_progress=args.quiet)
-    loop.train(model, training_args, train_set, Collator(pad), eval_set)
+    loop.train(model, training_args, train_set, collate, eval_set)
     if train_set.skipped:
         print(f"[llavakit train] skipped {len(train_set.skipped)} training sample(s) (see the log above)")
 
-    if args.stage in ("lora", "qlora"):
+    if args.stage in ("lora", "qlora") and args.task != "generation":
+        model.merge_and_unload().save_pretrained(args.output_dir)  # a head checkpoint: adapters merged in
+    elif args.stage in ("lora", "qlora"):
         from llavakit.training.lora import save_adapter
 
         save_adapter(model, args.output_dir)

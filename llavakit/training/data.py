@@ -150,8 +150,6 @@ def encode_sample(processor: Any, messages: list[dict[str, Any]], images: list[A
     `max_length` counts the expanded image tokens. Raises SkipSample when truncation would cut an image
     or leave no assistant token to learn.
     """
-    from llavakit.processing.image import load_image
-
     tokenizer = processor.tokenizer
     text, spans = assistant_spans(template, messages, **tokenizer.special_tokens_map)
     if not spans:
@@ -159,10 +157,7 @@ def encode_sample(processor: Any, messages: list[dict[str, Any]], images: list[A
     # trim whitespace: tokenizers glue a space to the next word ("▁USER"), which is not the assistant's
     spans = [(a + len(text[a:b]) - len(text[a:b].lstrip()), b - len(text[a:b]) + len(text[a:b].rstrip()))
              for a, b in spans]
-    pil = [load_image(image) for image in images]
-    add_special = not (tokenizer.bos_token is not None and text.startswith(tokenizer.bos_token))
-    out, shifts = processor._process(pil or None, [text], return_tensors=None, return_offsets_mapping=True,
-                                     add_special_tokens=add_special)
+    out, shifts = tokenize_chat(processor, text, images, return_offsets_mapping=True)
     ids = list(out["input_ids"][0])
     # move the spans by the characters each earlier <image> expansion added
     ends, gains = [end for end, _ in shifts[0]], [0] + [gain for _, gain in shifts[0]]
@@ -178,9 +173,22 @@ def encode_sample(processor: Any, messages: list[dict[str, Any]], images: list[A
     if all(label == IGNORE_INDEX for label in labels):
         raise SkipSample(f"no assistant token left to learn (max_length={max_length}, {len(ids)} tokens)")
     sample = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
-    if pil:
+    if images:
         sample["pixel_values"] = torch.as_tensor(np.stack(out["pixel_values"]))  # (n_images, 3, S, S)
     return sample
+
+
+def tokenize_chat(processor: Any, text: str, images: list[Any], **kwargs: Any) -> tuple[Any, list]:
+    """Rendered chat text + its images through the processor, untensored: (outputs, image-expansion shifts).
+
+    The BOS token is added only when the template did not already write it.
+    """
+    from llavakit.processing.image import load_image
+
+    pil = [load_image(image) for image in images]
+    bos = processor.tokenizer.bos_token
+    add_special = not (bos is not None and text.startswith(bos))
+    return processor._process(pil or None, [text], return_tensors=None, add_special_tokens=add_special, **kwargs)
 
 
 class SupervisedDataset(torch.utils.data.Dataset):
@@ -197,14 +205,18 @@ class SupervisedDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor] | None:
-        messages, images = to_messages(self.records[index], self.image_folder)
         try:
-            return encode_sample(self.processor, messages, images, template=self.template, max_length=self.max_length)
+            return self.encode(self.records[index])
         except SkipSample as err:
             if index not in self.skipped:
                 logger.warning(f"skipping sample {self.records[index].get('id', index)}: {err}")
             self.skipped[index] = str(err)
             return None
+
+    def encode(self, record: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """One record -> tensors (raises SkipSample); subclasses encode other tasks' records."""
+        messages, images = to_messages(record, self.image_folder)
+        return encode_sample(self.processor, messages, images, template=self.template, max_length=self.max_length)
 
     def modality_lengths(self) -> list[int]:
         """Rough length of each sample (words), positive with an image and negative without (as in LLaVA)."""
@@ -219,10 +231,14 @@ class SupervisedDataset(torch.utils.data.Dataset):
 
 
 class Collator:
-    """Right-pads a list of encoded samples into a batch; drops skipped (None) samples."""
+    """Right-pads a list of encoded samples into a batch; drops skipped (None) samples.
 
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad_token_id = pad_token_id
+    `sequence_labels=True` stacks one label per sample ((B,) or (B, num_labels), for task heads) instead of
+    padding per-token labels.
+    """
+
+    def __init__(self, pad_token_id: int, sequence_labels: bool = False) -> None:
+        self.pad_token_id, self.sequence_labels = pad_token_id, sequence_labels
 
     def __call__(self, samples: list[dict[str, torch.Tensor] | None]) -> dict[str, torch.Tensor]:
         samples = [s for s in samples if s is not None]
@@ -234,7 +250,11 @@ class Collator:
         attention_mask = torch.zeros((len(samples), T), dtype=torch.long)  # (B, T)
         for i, s in enumerate(samples):
             n = len(s["input_ids"])
-            input_ids[i, :n], labels[i, :n], attention_mask[i, :n] = s["input_ids"], s["labels"], 1
+            input_ids[i, :n], attention_mask[i, :n] = s["input_ids"], 1
+            if not self.sequence_labels:
+                labels[i, :n] = s["labels"]
+        if self.sequence_labels:
+            labels = torch.stack([s["labels"] for s in samples])  # (B,) or (B, num_labels)
         batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
         pixels = [s["pixel_values"] for s in samples if "pixel_values" in s]
         if pixels:

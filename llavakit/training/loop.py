@@ -93,7 +93,7 @@ class Progress:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Any, collate: Callable, batch_size: int, bf16: bool = False) -> float:
-    """Mean loss per supervised token over the whole dataset."""
+    """Mean loss per supervised token (per sample for task heads' per-sample labels) over the whole dataset."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -103,7 +103,9 @@ def evaluate(model: nn.Module, dataset: Any, collate: Callable, batch_size: int,
         if not batch:
             continue
         batch = {k: v.to(device) for k, v in batch.items()}
-        n = int((batch["labels"][:, 1:] != -100).sum())
+        labels = batch["labels"]
+        per_token = labels.shape == batch["input_ids"].shape and not labels.is_floating_point()
+        n = int((labels[:, 1:] != -100).sum()) if per_token else labels.shape[0]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = model(**batch).loss
         total, count = total + float(loss) * n, count + n
