@@ -19,6 +19,7 @@ from llavakit.generation.config import _FIELD_NAMES, UNSUPPORTED_OPTIONS, Genera
 from llavakit.generation.logits import (LogitsProcessorList, MinLengthLogitsProcessor,
                                         MinNewTokensLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor,
                                         TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+from llavakit.generation.prefix_cache import PrefixCache, content_key
 from llavakit.generation.stopping import (EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList,
                                           StopStringCriteria)
 from llavakit.models.cache import DynamicCache
@@ -50,20 +51,44 @@ class _Prompt:
     length: int  # T_prompt: positions the prefill runs
 
 
+# Model inputs that only concern the images: the prefix cache handles them; any other model input bypasses it.
+IMAGE_KWARGS = ("pixel_values", "image_sizes", "vision_feature_layer", "vision_feature_layers",
+                "vision_feature_select_strategy")
+
+
+@dataclasses.dataclass
+class _Reuse:
+    """How one batch-size-1 call uses the model's prefix cache."""
+
+    store: PrefixCache
+    images: str | None  # content key of the call's images and vision settings; None without images
+    cache: DynamicCache | None  # the reused KV prefix, or None to prefill the whole prompt
+
+
 class GenerationMixin:
     """Adds `generate` to a model whose forward follows the transformers causal-LM signature."""
+
+    @property
+    def prefix_cache(self) -> PrefixCache:
+        """This model's KV-prefix and image-feature caches (created on first use; `.enabled = False` turns off)."""
+        cache = self.__dict__.get("_prefix_cache")
+        if cache is None:
+            cache = self.__dict__["_prefix_cache"] = PrefixCache()
+        return cache
 
     @torch.no_grad()
     def generate(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                  pixel_values: torch.Tensor | None = None, generation_config: GenerationConfig | None = None,
                  streamer: Any = None, stop_strings: str | list[str] | None = None, tokenizer: Any = None,
                  logits_processor: list | None = None, stopping_criteria: list | None = None,
-                 **kwargs: Any) -> torch.LongTensor | GenerateDecoderOnlyOutput:
+                 prefix_cache: bool | None = None, **kwargs: Any) -> torch.LongTensor | GenerateDecoderOnlyOutput:
         """Continue the prompt; returns prompt + new ids (B, T + new), or an output object with `.sequences`.
 
         kwargs are generation options (max_new_tokens, do_sample, temperature, ...) overriding the model's
         `generation_config`, or model inputs (image_sizes, inputs_embeds, vision_feature_layer, ...) that
         go to the prefill call. Finished rows are filled with pad_token_id until every row is done.
+        `prefix_cache=False` neither reads nor fills `model.prefix_cache` (KV prefixes and image features)
+        in this call; None follows `model.prefix_cache.enabled`.
         """
         if "inputs" in kwargs:
             if input_ids is not None:
@@ -82,7 +107,9 @@ class GenerationMixin:
         max_length, min_length = self._lengths(config, prompt)
         processors = self._logits_processors(config, prompt, eos, min_length, logits_processor)
         criteria = self._stopping_criteria(config, max_length, eos, tokenizer, stopping_criteria)
-        return self._decode(prompt, model_kwargs, config, processors, criteria, eos is not None, pad, streamer)
+        reuse = self._prefix_reuse(prompt, model_kwargs, config, prefix_cache)
+        return self._decode(prompt, model_kwargs, config, processors, criteria, eos is not None, pad, streamer,
+                            reuse)
 
     # ---- options ---------------------------------------------------------------------------------
     def _generation_config(self, generation_config: GenerationConfig | None, stop_strings: Any,
@@ -260,10 +287,64 @@ class GenerationMixin:
             criteria.append(EosTokenCriteria(eos))
         return _merge(criteria, custom)
 
+    # ---- prefix reuse ----------------------------------------------------------------------------
+    def _prefix_reuse(self, prompt: _Prompt, model_kwargs: dict[str, Any], config: GenerationConfig,
+                      wanted: bool | None) -> _Reuse | None:
+        """Look this call up in the prefix cache, or None when it bypasses the cache (batches, padding,
+        embeddings, a given cache or positions, other model inputs)."""
+        store = self.prefix_cache
+        if not (store.enabled if wanted is None else wanted):
+            return None
+        ids, mask = prompt.input_ids, prompt.attention_mask
+        if (ids.shape[0] != 1 or prompt.inputs_embeds is not None or not config.use_cache
+                or any(k not in IMAGE_KWARGS for k in model_kwargs) or not bool((mask == 1).all())
+                or not torch.equal(prompt.position_ids.cpu(), torch.arange(ids.shape[1])[None])):
+            return None
+        store.check_state(tuple((p.data_ptr(), p._version) for p in self.parameters()))
+        images = None
+        if model_kwargs.get("pixel_values") is not None:
+            settings = [(k, model_kwargs.get(k), getattr(self.config, k, None)) for k in IMAGE_KWARGS[2:]]
+            images = content_key(type(self).__name__, model_kwargs["pixel_values"], model_kwargs.get("image_sizes"),
+                                 settings)
+        _, cache = store.lookup(ids[0], images, getattr(self.config, "image_token_index", None))
+        return _Reuse(store, images, cache)
+
+    def _cached_image_inputs(self, inputs: dict[str, Any], reuse: _Reuse, prompt_ids: torch.Tensor) -> dict[str, Any]:
+        """The prefill inputs with the images handled: dropped when the reused prefix holds all their tokens,
+        or written into `inputs_embeds` from the feature cache (exactly as the model's merge would)."""
+        image_token = getattr(self.config, "image_token_index", None)
+        if image_token is None or "pixel_values" not in inputs:
+            return inputs
+        ids = inputs["input_ids"]  # (1, T_suffix)
+        is_image = ids == image_token  # (1, T_suffix)
+        no_images = {k: v for k, v in inputs.items() if k not in IMAGE_KWARGS}
+        if not bool(is_image.any()):
+            reused = prompt_ids[:, :prompt_ids.shape[1] - ids.shape[1]]  # (1, T_prefix)
+            # all image tokens lie in the reused prefix; with none at all, the model reports the mismatch
+            return no_images if bool((reused == image_token).any()) else inputs
+        features = reuse.store.features.get(reuse.images)
+        embed = self.get_input_embeddings()
+        if (features is None or int(is_image.sum()) != features.shape[0]
+                or int(ids.min()) < 0 or int(ids.max()) >= embed.num_embeddings):
+            return inputs  # the model computes the features (and reports a mismatch)
+        embeds = embed(ids)  # (1, T_suffix, H)
+        features = features.to(embeds.device, embeds.dtype)  # (N_image_tokens, H)
+        no_images["inputs_embeds"] = embeds.masked_scatter(is_image[..., None], features)
+        del no_images["input_ids"]
+        return no_images
+
+    @staticmethod
+    def _remember_features(reuse: _Reuse | None, inputs: dict[str, Any], outputs: Any) -> None:
+        """After a prefill that encoded the images, keep their features (total_image_tokens, H) by content key."""
+        features = getattr(outputs, "image_hidden_states", None)
+        if reuse is None or reuse.images is None or inputs.get("pixel_values") is None or features is None:
+            return
+        reuse.store.features.put(reuse.images, features.reshape(-1, features.shape[-1]))
+
     # ---- the loop --------------------------------------------------------------------------------
     def _decode(self, prompt: _Prompt, model_kwargs: dict[str, Any], config: GenerationConfig,
                 processors: LogitsProcessorList, criteria: StoppingCriteriaList, has_eos: bool, pad: int | None,
-                streamer: Any) -> torch.LongTensor | GenerateDecoderOnlyOutput:
+                streamer: Any, reuse: _Reuse | None = None) -> torch.LongTensor | GenerateDecoderOnlyOutput:
         input_ids, mask, positions = prompt.input_ids, prompt.attention_mask, prompt.position_ids
         if bool((mask == 1).all()):
             mask = None  # no padding: plain causal attention, as transformers does
@@ -272,6 +353,8 @@ class GenerationMixin:
         B = input_ids.shape[0]
         use_cache = config.use_cache or prompt.inputs_embeds is not None  # embeddings are only fed once
         cache = model_kwargs.pop("past_key_values", None)
+        if reuse is not None and reuse.cache is not None:
+            cache = reuse.cache
         if use_cache and cache is None:
             cache = DynamicCache()
         keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.forward).parameters else {}
@@ -284,9 +367,12 @@ class GenerationMixin:
             streamer.put(input_ids.cpu())
         try:
             step_inputs = self._prefill_inputs(prompt, cache, model_kwargs)
+            if reuse is not None:
+                step_inputs = self._cached_image_inputs(step_inputs, reuse, prompt.input_ids)
             while True:
                 outputs = self(**step_inputs, attention_mask=_to(mask, device), use_cache=use_cache,
                                past_key_values=cache, return_dict=True, **keep)
+                self._remember_features(reuse, step_inputs, outputs)
                 cache = outputs.past_key_values if use_cache else None
                 logits = outputs.logits[:, -1, :].to(dtype=torch.float32, device=input_ids.device, copy=True)  # (B, V)
                 del outputs
@@ -321,6 +407,8 @@ class GenerationMixin:
             if streamer is not None:
                 streamer.end()
 
+        if reuse is not None:  # the cache covers every token but the last one
+            reuse.store.store(input_ids[0], reuse.images, cache)
         if not config.return_dict_in_generate:
             return input_ids
         return GenerateDecoderOnlyOutput(sequences=input_ids, scores=tuple(scores) if want_scores else None,

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from llavakit.generation.logits import TopPLogitsWarper
+from llavakit.generation.prefix_cache import FeatureCache
 from llavakit.models.cache import DynamicCache
 from llavakit.serving.memory import kv_budget_tokens
 from llavakit.serving.metrics import Metrics
@@ -79,8 +80,7 @@ class Engine:
         self.metrics = metrics or Metrics()
         eos = model.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
-        self.features: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
-        self.feature_cache_size = feature_cache_size
+        self.features = FeatureCache(max_entries=feature_cache_size)  # image bytes' digest -> (tokens, H)
         self.waiting: queue.Queue[Sequence] = queue.Queue()
         self.pending: collections.deque[Sequence] = collections.deque()  # taken off the queue, not admitted yet
         self.rows: list[Sequence] = []
@@ -186,18 +186,16 @@ class Engine:
     def _image_features(self, image: dict[str, Any]) -> torch.Tensor:
         """(tokens, H) features of one image, from the shared cache keyed by its bytes' hash."""
         key = image["digest"]
-        if key in self.features:
-            self.features.move_to_end(key)
+        cached = self.features.get(key)
+        if cached is not None:
             self.metrics.inc("image_cache_hits_total")
-            return self.features[key]
+            return cached
         pixels = image["pixel_values"].to(self.model.device, self.model.dtype)
         if image.get("image_sizes") is not None:  # LLaVA-NeXT: a list of packed (tokens_i, H)
             features = self.model.get_image_features(pixels, image["image_sizes"])[0]
         else:
             features = self.model.get_image_features(pixels)[0]  # (P, H)
-        self.features[key] = features
-        if len(self.features) > self.feature_cache_size:
-            self.features.popitem(last=False)
+        self.features.put(key, features)
         return features
 
     def _merge(self, seq: Sequence, cache: DynamicCache) -> None:
