@@ -46,10 +46,14 @@ _EXPORTS = {
     "LlavaCausalLMOutputWithPast": "llavakit.models.outputs",
     "LlavaModelOutputWithPast": "llavakit.models.outputs",
     "DynamicCache": "llavakit.models.cache",
+    "StaticCache": "llavakit.models.cache",
     "AutoModelForImageTextToText": "llavakit.models.auto",
     "AutoModelForVision2Seq": "llavakit.models.auto",
     "AutoModel": "llavakit.models.auto",
     "AutoModelForCausalLM": "llavakit.models.auto",
+    # quantization
+    "BitsAndBytesConfig": "llavakit.quantization",
+    "WeightOnlyConfig": "llavakit.quantization",
     # task heads
     "LlavaForSequenceClassification": "llavakit.models.heads",
     "LlavaForTokenClassification": "llavakit.models.heads",

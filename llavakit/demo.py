@@ -1,8 +1,8 @@
 """The built-in demo checkpoint: a tiny LLaVA-1.5-architecture model that needs no download.
 
-Its weights are RANDOM (seeded), so its words are random too: it shows the whole path (image ->
-pixels -> CLIP features -> projector -> Llama decoder -> text) running end to end on any machine.
-A trained demo model replaces it later. The checkpoint is written once into the user's cache.
+The package ships one trained by scripts/train_demo.py on llavakit's synthetic shapes data
+(llavakit/assets/demo-model). Without it (e.g. a trimmed install) a seeded RANDOM tiny model is written
+once into the user's cache: its words are random, and the CLI says so.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import json
 import os
 from pathlib import Path
 
-EXAMPLE_IMAGE = str(Path(__file__).parent / "assets" / "example.png")  # a red circle, blue square, green triangle
+# synthetic.EXAMPLE: red circle top left, blue square (in a red box) top right, green triangle bottom right
+EXAMPLE_IMAGE = str(Path(__file__).parent / "assets" / "example.png")
 NOTICE = ("[llavakit demo] built-in tiny model with RANDOM weights: the words below are random, "
           "not an answer. Pass --model PATH_OR_REPO_ID to run a real checkpoint.")
 VERSION = "random-v1"

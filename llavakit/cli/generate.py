@@ -7,6 +7,7 @@ Without --model it runs the built-in demo checkpoint (see llavakit/demo.py), whi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 
@@ -26,10 +27,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--quantize", default=None, choices=["int8", "int4", "nf4", "fp4", "bnb-int8"],
+                   help="quantize the language model: int8/int4 weight-only (llavakit), nf4/fp4/bnb-int8 (bitsandbytes)")
     p.add_argument("--chat-template", default=None,
                    help="a built-in template name or a .jinja file (default: the checkpoint's own)")
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     p.add_argument("--no-stream", action="store_true", help="print the answer once it is complete")
+    p.add_argument("--tensor-parallel-size", type=int, default=1,
+                   help="split the model over N processes (GPUs, or CPU with gloo) with tensor parallelism")
     p.set_defaults(run=run)
 
 
@@ -39,23 +44,41 @@ def run(args: argparse.Namespace) -> int:
     from llavakit import AutoProcessor, LlavaForConditionalGeneration, TextIteratorStreamer
     from llavakit.processing.image import load_image
 
+    tp = args.tensor_parallel_size
+    if tp != 1:
+        from llavakit.distributed import launch
+
+        launch.check_size(tp)
+        if args.device is not None:
+            raise ValueError("--device and --tensor-parallel-size exclude each other: each rank uses its own GPU "
+                             "(cuda:LOCAL_RANK), or the CPU without CUDA")
+        if not launch.under_torchrun():
+            return launch.relaunch(args.argv, tp)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
     model_path, images = args.model, list(args.image)
     if model_path is None:
         from llavakit import demo
 
         model_path = demo.demo_checkpoint()
         images = images or [demo.EXAMPLE_IMAGE]
-        if not demo.has_trained_model():
+        if not demo.has_trained_model() and main_rank:
             print(demo.NOTICE, file=sys.stderr)
     if not images:
         raise ValueError("give at least one --image FILE_OR_URL")
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
-
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     hub = {"revision": args.revision} if args.revision else {}
+    placement = {"tp_plan": "auto"} if tp > 1 else {"device_map": device}
     processor = AutoProcessor.from_pretrained(model_path, **hub)
-    model = LlavaForConditionalGeneration.from_pretrained(model_path, dtype=args.dtype, device_map=device, **hub)
+    if args.quantize and tp > 1:
+        raise ValueError("--quantize does not combine with --tensor-parallel-size yet; use one or the other")
+    model = LlavaForConditionalGeneration.from_pretrained(model_path, dtype=args.dtype, **placement, **hub,
+                                                          quantization_config=args.quantize)
+    if tp > 1:  # every rank must draw the same samples
+        from llavakit.distributed.launch import shared_seed
+
+        torch.manual_seed(shared_seed(args.seed))
+    elif args.seed is not None:
+        torch.manual_seed(args.seed)
 
     content = [{"type": "image"} for _ in images] + [{"type": "text", "text": args.prompt}]
     conversation = [{"role": "user", "content": content}]
@@ -68,17 +91,22 @@ def run(args: argparse.Namespace) -> int:
                    repetition_penalty=args.repetition_penalty)
     if args.temperature > 0:
         options.update(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    if not main_rank:  # the other ranks compute their share of every step and print nothing
+        _check_ranks_agree(model.generate(**inputs, **options), tp)
+        return 0
     if args.no_stream:
         output = model.generate(**inputs, **options)
+        _check_ranks_agree(output, tp)
         print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
         return 0
 
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
     errors: list[BaseException] = []
+    outputs: list = []
 
     def work() -> None:
         try:
-            model.generate(**inputs, **options, streamer=streamer)
+            outputs.append(model.generate(**inputs, **options, streamer=streamer))
         except BaseException as err:  # surfaced below, after the stream closes
             errors.append(err)
             streamer.end()
@@ -94,7 +122,15 @@ def run(args: argparse.Namespace) -> int:
     print()
     if errors:
         raise errors[0]
+    _check_ranks_agree(outputs[0], tp)
     return 0
+
+
+def _check_ranks_agree(output, tp: int) -> None:
+    if tp > 1:
+        from llavakit.distributed.launch import check_ranks_agree
+
+        check_ranks_agree(output)
 
 
 def _read_template(name_or_file: str | None) -> str | None:

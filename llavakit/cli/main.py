@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llavakit.cli import chat, convert, eval_mc, generate, merge, serve, train
+from llavakit.cli import batch, chat, convert, eval_mc, generate, merge, serve, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,11 +18,13 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_parser(sub)
     serve.add_parser(sub)
     chat.add_parser(sub)
+    batch.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # to re-run the command (--tensor-parallel-size)
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError, NotImplementedError) as err:

@@ -24,6 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chat-template", default=None, help="a built-in template name or a .jinja file")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--quantize", default=None, choices=["int8", "int4", "nf4", "fp4", "bnb-int8"],
+                   help="quantize the language model: int8/int4 weight-only (llavakit), nf4/fp4/bnb-int8 (bitsandbytes)")
+    p.add_argument("--tensor-parallel-size", type=int, default=1,
+                   help="split the model over N processes (GPUs, or CPU with gloo); rank 0 serves")
     p.set_defaults(run=run)
 
 
@@ -42,9 +46,18 @@ def build_app(args: argparse.Namespace):  # -> fastapi.FastAPI
     if args.allowed_local_media_path and not os.path.isdir(args.allowed_local_media_path):
         raise ValueError(f"--allowed-local-media-path {args.allowed_local_media_path} is not a folder")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tp = getattr(args, "tensor_parallel_size", 1)
+    placement = {"tp_plan": "auto"} if tp > 1 else {"device_map": device}
     processor = AutoProcessor.from_pretrained(args.model)
-    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=args.dtype, device_map=device).eval()
-    engine = Engine(model, processor, max_batch_size=args.max_batch_size, max_model_len=args.max_model_len)
+    quantize = getattr(args, "quantize", None)
+    if quantize and tp > 1:
+        raise ValueError("--quantize does not combine with --tensor-parallel-size yet; use one or the other")
+    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=args.dtype, **placement,
+                                                        quantization_config=quantize).eval()
+    engine_class = Engine
+    if tp > 1:  # this is rank 0 (see run): its engine tells the other ranks each step
+        from llavakit.distributed.serving import LeaderEngine as engine_class
+    engine = engine_class(model, processor, max_batch_size=args.max_batch_size, max_model_len=args.max_model_len)
     limits = MediaLimits(max_images=args.max_images, allowed_local_path=args.allowed_local_media_path)
     name = args.served_model_name or args.model
     return create_app(engine, name, limits, api_key=args.api_key, chat_template=_read_template(args.chat_template))
@@ -56,8 +69,35 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         print("llavakit serve needs fastapi and uvicorn: pip install 'llavakit[serve]'", file=sys.stderr)
         return 2
+    if args.tensor_parallel_size != 1:
+        follower = _tensor_parallel(args)
+        if follower is not None:
+            return follower
     app = build_app(args)
     print(f"llavakit: serving {args.served_model_name or args.model} on http://{args.host}:{args.port}",
           file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _tensor_parallel(args: argparse.Namespace) -> int | None:
+    """Re-launch under torchrun, or (inside it) run a follower rank to the end; None on rank 0, which serves."""
+    from llavakit.distributed import launch
+    from llavakit.distributed.setup import init_distributed
+
+    launch.check_size(args.tensor_parallel_size)
+    if args.device is not None:
+        raise ValueError("--device and --tensor-parallel-size exclude each other: each rank uses its own GPU "
+                         "(cuda:LOCAL_RANK), or the CPU without CUDA")
+    if not launch.under_torchrun():
+        return launch.relaunch(args.argv, args.tensor_parallel_size)
+    init_distributed(timeout_s=30 * 24 * 3600)  # followers wait for rank 0 however long the server is idle
+    if int(os.environ["RANK"]) == 0:
+        return None
+    from llavakit import AutoModelForImageTextToText, AutoProcessor
+    from llavakit.distributed.serving import FollowerEngine
+
+    processor = AutoProcessor.from_pretrained(args.model)
+    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=args.dtype, tp_plan="auto").eval()
+    FollowerEngine(model, processor, max_batch_size=args.max_batch_size, max_model_len=args.max_model_len).run()
     return 0

@@ -70,8 +70,16 @@ def run(args: argparse.Namespace) -> int:
         from llavakit.training.lora import check_qlora_available
 
         check_qlora_available()
+        if args.task != "generation":
+            raise ValueError("--stage qlora supports --task generation only; use --stage lora for task heads")
     if args.task == "generation":
-        model = AutoModelForImageTextToText.from_pretrained(args.model, dtype="float32")
+        if args.stage == "qlora":  # the language model in 4-bit nf4, the rest in float32
+            from llavakit.training.lora import load_qlora_base
+
+            model = load_qlora_base(args.model, compute_dtype="bfloat16" if args.bf16 else "float32",
+                                    gradient_checkpointing=args.gradient_checkpointing)
+        else:
+            model = AutoModelForImageTextToText.from_pretrained(args.model, dtype="float32")
         freeze.apply_stage(model, args.stage)
     else:
         labels = {}

@@ -31,6 +31,8 @@ UNSUPPORTED_OPTIONS: dict[str, tuple[Any, ...]] = {
     "prefill_chunk_size": (None,),
 }
 
+CACHE_IMPLEMENTATIONS = (None, "static", "dynamic")
+
 
 @dataclasses.dataclass
 class GenerationConfig:
@@ -54,6 +56,8 @@ class GenerationConfig:
     return_dict_in_generate: bool = False
     output_scores: bool = False
     output_logits: bool = False
+    cache_implementation: str | None = None  # None/"static": pre-allocated KV cache; "dynamic": grown per step
+    disable_compile: bool = False  # True: never compile the decode step (it is compiled by default on CUDA)
 
     def __post_init__(self) -> None:
         # Constructor arguments that differ from the defaults count as explicitly set.
@@ -100,6 +104,9 @@ class GenerationConfig:
         if stops is not None and (not isinstance(stops, (list, tuple)) or not stops
                                   or not all(isinstance(s, str) and s for s in stops)):
             raise ValueError(f"stop_strings must be a non-empty string or a list of them, got {self.stop_strings!r}")
+        if self.cache_implementation not in CACHE_IMPLEMENTATIONS:
+            raise ValueError(f"cache_implementation must be one of {CACHE_IMPLEMENTATIONS}, got "
+                             f"{self.cache_implementation!r}")
         for name, off_values in UNSUPPORTED_OPTIONS.items():
             if name in self._extra_keys and getattr(self, name) not in off_values:
                 raise ValueError(f"{name}={getattr(self, name)!r} is a transformers generation option that llavakit "

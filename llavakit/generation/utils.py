@@ -16,13 +16,14 @@ from typing import Any
 import torch
 
 from llavakit.generation.config import _FIELD_NAMES, UNSUPPORTED_OPTIONS, GenerationConfig
+from llavakit.generation.engine import DecodeStep, bucketed, language_model
 from llavakit.generation.logits import (LogitsProcessorList, MinLengthLogitsProcessor,
                                         MinNewTokensLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor,
                                         TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 from llavakit.generation.prefix_cache import PrefixCache, content_key
 from llavakit.generation.stopping import (EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList,
                                           StopStringCriteria)
-from llavakit.models.cache import DynamicCache
+from llavakit.models.cache import DynamicCache, StaticCache
 from llavakit.models.outputs import ModelOutput
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class GenerateDecoderOnlyOutput(ModelOutput):
     logits: tuple[torch.Tensor, ...] | None = None
     attentions: tuple | None = None
     hidden_states: tuple | None = None
-    past_key_values: DynamicCache | None = None
+    past_key_values: DynamicCache | StaticCache | None = None
 
 
 @dataclasses.dataclass
@@ -81,7 +82,8 @@ class GenerationMixin:
                  pixel_values: torch.Tensor | None = None, generation_config: GenerationConfig | None = None,
                  streamer: Any = None, stop_strings: str | list[str] | None = None, tokenizer: Any = None,
                  logits_processor: list | None = None, stopping_criteria: list | None = None,
-                 prefix_cache: bool | None = None, **kwargs: Any) -> torch.LongTensor | GenerateDecoderOnlyOutput:
+                 prefix_cache: bool | None = None, compile: bool | None = None,
+                 **kwargs: Any) -> torch.LongTensor | GenerateDecoderOnlyOutput:
         """Continue the prompt; returns prompt + new ids (B, T + new), or an output object with `.sequences`.
 
         kwargs are generation options (max_new_tokens, do_sample, temperature, ...) overriding the model's
@@ -89,6 +91,10 @@ class GenerationMixin:
         go to the prefill call. Finished rows are filled with pad_token_id until every row is done.
         `prefix_cache=False` neither reads nor fills `model.prefix_cache` (KV prefixes and image features)
         in this call; None follows `model.prefix_cache.enabled`.
+        The KV cache is a pre-allocated StaticCache (`cache_implementation="dynamic"` grows one instead); on
+        CUDA its decode step is compiled into CUDA graphs. `compile=False` (or `disable_compile=True`) keeps
+        it eager, `compile=True` compiles on any device. A compiled model reuses its cache buffers across
+        calls, so a returned `past_key_values` is valid until the next generate call.
         """
         if "inputs" in kwargs:
             if input_ids is not None:
@@ -109,7 +115,7 @@ class GenerationMixin:
         criteria = self._stopping_criteria(config, max_length, eos, tokenizer, stopping_criteria)
         reuse = self._prefix_reuse(prompt, model_kwargs, config, prefix_cache)
         return self._decode(prompt, model_kwargs, config, processors, criteria, eos is not None, pad, streamer,
-                            reuse)
+                            reuse, max_length - prompt.input_ids.shape[1], compile)
 
     # ---- options ---------------------------------------------------------------------------------
     def _generation_config(self, generation_config: GenerationConfig | None, stop_strings: Any,
@@ -344,24 +350,24 @@ class GenerationMixin:
     # ---- the loop --------------------------------------------------------------------------------
     def _decode(self, prompt: _Prompt, model_kwargs: dict[str, Any], config: GenerationConfig,
                 processors: LogitsProcessorList, criteria: StoppingCriteriaList, has_eos: bool, pad: int | None,
-                streamer: Any, reuse: _Reuse | None = None) -> torch.LongTensor | GenerateDecoderOnlyOutput:
+                streamer: Any, reuse: _Reuse | None = None, new_tokens: int = 1,
+                compile: bool | None = None) -> torch.LongTensor | GenerateDecoderOnlyOutput:
         input_ids, mask, positions = prompt.input_ids, prompt.attention_mask, prompt.position_ids
         if bool((mask == 1).all()):
             mask = None  # no padding: plain causal attention, as transformers does
+        padding = mask  # (B, T_prompt) or None
         device = self.device
         model_kwargs = {k: _to(v, device) for k, v in model_kwargs.items()}
         B = input_ids.shape[0]
         use_cache = config.use_cache or prompt.inputs_embeds is not None  # embeddings are only fed once
-        cache = model_kwargs.pop("past_key_values", None)
-        if reuse is not None and reuse.cache is not None:
-            cache = reuse.cache
-        if use_cache and cache is None:
-            cache = DynamicCache()
+        cache, step = self._kv_cache(model_kwargs.pop("past_key_values", None), reuse, use_cache, config, prompt,
+                                     new_tokens, compile)
         keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.forward).parameters else {}
         want_scores = config.return_dict_in_generate and config.output_scores
         want_logits = config.return_dict_in_generate and config.output_logits
         scores, raw_logits = ([] if want_scores else None), ([] if want_logits else None)
         unfinished = torch.ones(B, dtype=torch.long, device=input_ids.device)  # (B,)
+        next_positions = positions[:, -1] + 1  # (B,) where the first new token goes
 
         if streamer is not None:
             streamer.put(input_ids.cpu())
@@ -370,12 +376,19 @@ class GenerationMixin:
             if reuse is not None:
                 step_inputs = self._cached_image_inputs(step_inputs, reuse, prompt.input_ids)
             while True:
-                outputs = self(**step_inputs, attention_mask=_to(mask, device), use_cache=use_cache,
-                               past_key_values=cache, return_dict=True, **keep)
-                self._remember_features(reuse, step_inputs, outputs)
-                cache = outputs.past_key_values if use_cache else None
-                logits = outputs.logits[:, -1, :].to(dtype=torch.float32, device=input_ids.device, copy=True)  # (B, V)
-                del outputs
+                if step_inputs is not None:  # the prefill, or any step of the eager path
+                    outputs = self(**step_inputs, attention_mask=_to(mask, device), use_cache=use_cache,
+                                   past_key_values=cache, return_dict=True, **keep)
+                    self._remember_features(reuse, step_inputs, outputs)
+                    cache = outputs.past_key_values if use_cache else None
+                    logits = outputs.logits[:, -1, :]  # (B, V)
+                    del outputs
+                    if step is not None:  # decode continues in the fixed-shape step
+                        step.start(cache, padding, B)
+                else:
+                    logits = step(_to(next_tokens, device), _to(next_positions, device))  # (B, V)
+                    next_positions = next_positions + 1
+                logits = logits.to(dtype=torch.float32, device=input_ids.device, copy=True)  # (B, V)
                 step_scores = processors(input_ids, logits)  # (B, V)
                 if want_scores:
                     scores.append(step_scores)
@@ -387,35 +400,105 @@ class GenerationMixin:
                 else:
                     next_tokens = torch.argmax(step_scores, dim=-1)  # (B,)
                 if has_eos:  # rows that already finished get padding
-                    next_tokens = next_tokens * unfinished + pad * (1 - unfinished)
+                    next_tokens = torch.where(unfinished.bool(), next_tokens, pad)  # (B,)
                 input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)  # (B, T + 1)
                 if streamer is not None:
                     streamer.put(next_tokens.cpu())
                 unfinished = unfinished & ~criteria(input_ids, tuple(scores) if scores is not None else None)
                 if int(unfinished.max()) == 0:
                     break
+                if step is not None:
+                    step_inputs = None
+                    continue
                 # Next step: the new token at the next position; the mask grows by one real slot.
-                positions = torch.cat([positions, positions[:, -1:] + 1], dim=-1)  # (B, T + 1)
                 if mask is not None:
                     mask = torch.cat([mask, mask.new_ones((B, 1))], dim=-1)
-                # With the cache only the newest token goes in; without it the whole sequence (and the images).
-                fed = 1 if use_cache else input_ids.shape[1]
-                step_inputs = {} if use_cache else dict(model_kwargs)
-                step_inputs.update(input_ids=_to(input_ids[:, -fed:], device),
-                                   position_ids=_to(positions[:, -fed:], device))
+                if use_cache:  # only the newest token goes in
+                    step_inputs = {"input_ids": _to(next_tokens[:, None], device),
+                                   "position_ids": _to(next_positions[:, None], device)}
+                    next_positions = next_positions + 1
+                    continue
+                # Without the cache the whole sequence goes in again (and the images).
+                positions = torch.cat([positions, positions[:, -1:] + 1], dim=-1)  # (B, T + 1)
+                step_inputs = dict(model_kwargs)
+                step_inputs.update(input_ids=_to(input_ids, device), position_ids=_to(positions, device))
         finally:
             if streamer is not None:
                 streamer.end()
 
         if reuse is not None:  # the cache covers every token but the last one
-            reuse.store.store(input_ids[0], reuse.images, cache)
+            stored = cache.to_dynamic() if isinstance(cache, StaticCache) else cache  # not the reusable buffers
+            reuse.store.store(input_ids[0], reuse.images, stored)
         if not config.return_dict_in_generate:
             return input_ids
         return GenerateDecoderOnlyOutput(sequences=input_ids, scores=tuple(scores) if want_scores else None,
                                          logits=tuple(raw_logits) if want_logits else None,
                                          past_key_values=cache)
 
-    def _prefill_inputs(self, prompt: _Prompt, cache: DynamicCache | None,
+    # ---- the KV cache and the compiled step ------------------------------------------------------
+    def _kv_cache(self, given: Any, reuse: _Reuse | None, use_cache: bool, config: GenerationConfig,
+                  prompt: _Prompt, new_tokens: int,
+                  compile: bool | None) -> tuple[DynamicCache | StaticCache | None, DecodeStep | None]:
+        """The cache the prefill starts from, and the fixed-shape decode step (None: decode with forward).
+
+        A given DynamicCache (or legacy tuples) is used as it is; a given StaticCache too when it has room,
+        else it is copied into a larger one. Otherwise a StaticCache sized for prompt + new tokens (rounded up
+        to a bucket when compiled), holding the reused prefix if there is one.
+        """
+        if not use_cache:
+            if compile:
+                raise ValueError("compile=True needs the KV cache: do not set use_cache=False")
+            return None, None
+        prefix = reuse.cache if reuse is not None else None
+        dynamic = given is not None and not isinstance(given, StaticCache)
+        if dynamic or (given is None and config.cache_implementation == "dynamic"):
+            if compile:
+                raise ValueError("compile=True needs a static cache (cache_implementation='static'); a "
+                                 "DynamicCache changes shape every step")
+            return (given if given is not None else prefix if prefix is not None else DynamicCache()), None
+        compiled = self._wants_compile(config, compile)
+        needed = prompt.length + new_tokens  # positions the cache must hold
+        if isinstance(given, StaticCache) and given.max_cache_len >= needed:
+            cache = given
+        else:
+            cache = self._static_cache(bucketed(needed) if compiled else needed, prompt.input_ids.shape[0],
+                                       compiled)
+            source = given if given is not None else prefix
+            if source is not None:
+                cache.load(source)
+        return cache, (self._decode_step() if compiled else None)
+
+    def _wants_compile(self, config: GenerationConfig, compile: bool | None) -> bool:
+        """compile=True/False decides; by default the decode step is compiled on CUDA unless disable_compile."""
+        if compile is None:
+            return not config.disable_compile and self.device.type == "cuda" and language_model(self) is not None
+        if compile and language_model(self) is None:
+            raise ValueError(f"compile=True: {type(self).__name__} has no decoder the compiled decode step can drive "
+                             "(it needs a Llama/Mistral/Qwen2 language model with non-dynamic RoPE)")
+        return bool(compile)
+
+    def _static_cache(self, length: int, batch_size: int, compiled: bool) -> StaticCache:
+        """A fresh StaticCache, or (compiled) the previous call's emptied one when it has the same shape, so
+        the CUDA graphs recorded on its buffers replay."""
+        if not compiled:
+            return StaticCache(length)
+        key = (length, batch_size, self.dtype, self.device)
+        kept = self.__dict__.get("_kept_static_cache")
+        if kept is not None and kept[0] == key:
+            kept[1].crop(0)
+            return kept[1]
+        cache = StaticCache(length)
+        self.__dict__["_kept_static_cache"] = (key, cache)  # only the latest: a KV cache can be large
+        return cache
+
+    def _decode_step(self) -> DecodeStep:
+        """This model's compiled decode step (created, and compiled on first use, once per model)."""
+        step = self.__dict__.get("_compiled_decode_step")
+        if step is None:
+            step = self.__dict__["_compiled_decode_step"] = DecodeStep(language_model(self), compile=True)
+        return step
+
+    def _prefill_inputs(self, prompt: _Prompt, cache: DynamicCache | StaticCache | None,
                         model_kwargs: dict[str, Any]) -> dict[str, Any]:
         """The first forward's inputs: the whole prompt (minus what a given cache holds) and the model kwargs."""
         device = self.device

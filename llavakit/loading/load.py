@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
 from llavakit.config.base import PretrainedConfig, dtype_from_str
+from llavakit.loading import device_map as device_maps
 from llavakit.loading import keymaps
 from llavakit.loading.hub import CheckpointNotFoundError, read_json, resolve_file, resolve_optional
+from llavakit.models.layers import check_flash_attention
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +27,13 @@ SAFE_SINGLE = "model.safetensors"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 PICKLE_SINGLE = "pytorch_model.bin"
 HUB_KWARGS = ("revision", "local_files_only", "cache_dir", "token", "force_download", "subfolder")
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 # Arguments transformers users pass that need no action here: we never run code from a checkpoint,
 # and loading is always low-memory.
 ACCEPTED_NO_OP = ("trust_remote_code", "low_cpu_mem_usage", "use_safetensors_index", "offload_folder")
+
+
+Device = torch.device | Callable[[str], torch.device]  # one device, or one per parameter name
 
 
 class CheckpointMismatchError(ValueError):
@@ -42,16 +47,29 @@ def load_pretrained(cls: type, path_or_repo_id: str | os.PathLike, *, config: Pr
                     **kwargs: Any) -> nn.Module:
     """Load `cls` from a folder or Hub repo id. See PreTrainedModel.from_pretrained."""
     hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
+    tp_plan, tp_size = kwargs.pop("tp_plan", None), kwargs.pop("tp_size", None)
+    max_memory = kwargs.pop("max_memory", None)
+    tp_device = None
+    if tp_plan is not None or tp_size is not None:  # load whole on the CPU, then keep this rank's slices
+        from llavakit.distributed.tensor_parallel import tensor_parallel_device
+
+        if quantization_config is not None:
+            raise ValueError("tp_plan and quantization_config cannot be combined yet: shard a bf16/fp16 model")
+        tp_device = tensor_parallel_device(tp_plan, tp_size, device_map)
     for name in ACCEPTED_NO_OP:
         kwargs.pop(name, None)
-    if quantization_config is not None:
-        raise ValueError("quantization_config is not supported by llavakit yet; load in bf16/fp16 instead")
+    if quantization_config is not None:  # validated now, applied once the weights are in place
+        from llavakit.quantization import parse_config
+
+        quantization_config = parse_config(quantization_config)
     if use_flash_attention_2:
         attn_implementation = "flash_attention_2"
     attn_implementation = attn_implementation or "sdpa"
     if attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise ValueError(f"attn_implementation={attn_implementation!r} is not available; "
                          f"choose one of {ATTN_IMPLEMENTATIONS}")
+    if attn_implementation == "flash_attention_2":
+        check_flash_attention()  # flash-attn installed and a CUDA GPU present, else a clear ImportError
 
     original_checkpoint = None
     if config is None or getattr(config, "mm_vision_tower", None) is not None:
@@ -69,17 +87,30 @@ def load_pretrained(cls: type, path_or_repo_id: str | os.PathLike, *, config: Pr
     config = _apply_overrides(config, kwargs)
     config._attn_implementation = attn_implementation
     target_dtype = _resolve_dtype(torch_dtype if torch_dtype is not None else dtype, config)
-    device = resolve_device(device_map)
 
     files = checkpoint_files(path_or_repo_id, use_safetensors, hub) if original_checkpoint is None else []
     with torch.device("meta"):
         model = cls(config)
+    placement = device_maps.plan(model, device_map, max_memory=max_memory, dtype=target_dtype)
+    device = placement.device_of if placement.is_split else placement.single
     if original_checkpoint is None:
         load_weights(model, files, dtype=target_dtype, device=device)
     else:
         load_tensors(model, original_checkpoint.tensors(), dtype=target_dtype, device=device,
                      where=original_checkpoint.where)
     model.eval()
+    if quantization_config is not None:  # each Linear is quantized on the device its weight was loaded to
+        from llavakit.quantization import quantize_
+
+        quantize_(model, quantization_config)
+    if placement.is_split:
+        device_maps.dispatch(model, placement)
+    if device_map is not None:
+        model.hf_device_map = placement.hf_device_map
+    if tp_device is not None:
+        from llavakit.distributed.tensor_parallel import shard_model
+
+        shard_model(model).to(tp_device)
     if hasattr(model, "generate"):
         model.generation_config = _read_generation_config(path_or_repo_id, config, hub)
     model.name_or_path = os.fspath(path_or_repo_id)
@@ -119,26 +150,6 @@ def _resolve_dtype(dtype: Any, config: PretrainedConfig) -> torch.dtype:
     return resolved
 
 
-def resolve_device(device_map: Any) -> torch.device:
-    """One device for the whole model: None/'cpu', 'cuda', 'cuda:1', 0, 'auto', or {'': device}."""
-    if device_map is None:
-        return torch.device("cpu")
-    if isinstance(device_map, dict):
-        devices = set(device_map.values())
-        if len(devices) != 1:
-            raise ValueError("device_map splitting a model over several devices is not supported yet; "
-                             "pass one device, e.g. device_map='cuda:0' or {'': 0}")
-        device_map = devices.pop()
-    if device_map == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    if isinstance(device_map, int):
-        device_map = f"cuda:{device_map}"
-    device = torch.device(device_map)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device_map={device_map!r} asks for CUDA, but no CUDA device is available")
-    return device
-
-
 def checkpoint_files(path_or_repo_id: str | os.PathLike, use_safetensors: bool | None,
                      hub: dict[str, Any]) -> list[str]:
     """The weight files to read: sharded or single safetensors; pickle files only when the user opts in."""
@@ -175,7 +186,7 @@ def _iter_tensors(path: str):
         yield from state.items()
 
 
-def load_weights(model: nn.Module, files: list[str], *, dtype: torch.dtype, device: torch.device) -> None:
+def load_weights(model: nn.Module, files: list[str], *, dtype: torch.dtype, device: Device) -> None:
     """Fill a meta-device model from weight files; raise naming every missing, unexpected or mis-shaped key."""
     where = files[0] if files else "(no files)"
     if len(files) > 1:
@@ -185,8 +196,11 @@ def load_weights(model: nn.Module, files: list[str], *, dtype: torch.dtype, devi
 
 
 def load_tensors(model: nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], *, dtype: torch.dtype,
-                 device: torch.device, where: str) -> None:
-    """Fill a meta-device model from (checkpoint name, tensor) pairs; `where` names their source in errors."""
+                 device: Device, where: str) -> None:
+    """Fill a meta-device model from (checkpoint name, tensor) pairs; `where` names their source in errors.
+
+    `device` is one device, or a function of the parameter name (a model split by device_map)."""
+    device_of = device if callable(device) else lambda name: device
     class_name = type(model).__name__
     to_hub, from_hub = keymaps.layout_rules(class_name)
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -202,9 +216,9 @@ def load_tensors(model: nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], 
             mismatched.append(f"{ckpt_key}: checkpoint {tuple(tensor.shape)} vs model {tuple(params[key].shape)}")
             continue
         if tensor.is_floating_point():
-            tensor = tensor.to(device=device, dtype=dtype)
+            tensor = tensor.to(device=device_of(key), dtype=dtype)
         else:
-            tensor = tensor.to(device=device)
+            tensor = tensor.to(device=device_of(key))
         _set_parameter(model, key, tensor)
         loaded.add(key)
 
@@ -213,7 +227,7 @@ def load_tensors(model: nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], 
     fresh = [name for name in missing if name.startswith(getattr(model, "_keys_new_on_load", ()))]
     if fresh:  # e.g. a task head loaded from a generation checkpoint: its head starts random, as in transformers
         for name in fresh:
-            _set_parameter(model, name, torch.empty(params[name].shape, dtype=dtype, device=device))
+            _set_parameter(model, name, torch.empty(params[name].shape, dtype=dtype, device=device_of(name)))
         model.init_new_parameters(fresh)
         logger.warning("Some weights of %s were not initialized from the checkpoint at %s and are newly initialized: "
                        "%s. You should probably train this model on a downstream task before using it for "

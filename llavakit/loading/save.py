@@ -31,6 +31,9 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *, max_
 
     if not safe_serialization:
         raise ValueError("llavakit writes safetensors only (safe_serialization=True)")
+    if getattr(model, "is_quantized", False):
+        raise ValueError("saving a quantized model is not supported: save the full-precision checkpoint and pass "
+                         "quantization_config to from_pretrained (quantizing at load takes seconds)")
     os.makedirs(save_directory, exist_ok=True)
     model.config.save_pretrained(save_directory)
     generation_config = getattr(model, "generation_config", None)

@@ -1,7 +1,9 @@
-"""The KV cache that carries keys and values between forward calls (prefill, then one token at a time).
+"""The KV caches that carry keys and values between forward calls (prefill, then one token at a time).
 
-`past_key_values` in and out of every decoder forward is a DynamicCache, as in transformers:
-`cache.update(k, v, layer_idx)` appends and returns the full keys/values of that layer.
+`past_key_values` in and out of every decoder forward is a cache with transformers' interface:
+`cache.update(k, v, layer_idx)` appends and returns the keys/values the layer attends to. DynamicCache grows
+by concatenation; StaticCache writes into buffers allocated once (what generate uses, and what a compiled
+or CUDA-graph decode step needs: fixed shapes and addresses).
 """
 
 from __future__ import annotations
@@ -54,4 +56,99 @@ class DynamicCache:
         for k, v in past or ():
             cache.key_cache.append(k)
             cache.value_cache.append(v)
+        return cache
+
+
+class StaticCache:
+    """Keys and values per layer in buffers allocated once, each (B, n_kv_heads, max_cache_len, head_dim).
+
+    A layer's buffers are allocated at its first update, with the shape, dtype and device of its keys (so
+    layers on different devices, sharded heads or quantized projections need no configuration).
+    Eager use (`position` None): `update` copies the new keys in after the layer's filled length and returns
+    views of the filled part, so attention sees exactly what a DynamicCache would, without a copy per step.
+    Fixed-shape use (a compiled decode step): `position` is a (T_new,) long tensor of cache indices; `update`
+    writes there with index_copy_ and returns the whole buffers; the caller masks the unwritten slots and
+    calls `advance` outside the compiled code.
+    """
+
+    def __init__(self, max_cache_len: int) -> None:
+        if max_cache_len < 1:
+            raise ValueError(f"max_cache_len must be >= 1, got {max_cache_len}")
+        self.max_cache_len = max_cache_len
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.lengths: list[int] = []  # filled positions per layer
+        self.position: torch.Tensor | None = None  # (T_new,) write indices in fixed-shape mode
+
+    @property
+    def key_cache(self) -> list[torch.Tensor]:
+        """Each layer's filled keys (B, KV, T_filled, D), views of the buffers (DynamicCache's attribute)."""
+        return [k[:, :, :n] for k, n in zip(self.keys, self.lengths)]
+
+    @property
+    def value_cache(self) -> list[torch.Tensor]:
+        return [v[:, :, :n] for v, n in zip(self.values, self.lengths)]
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's (B, KV, T_new, D) keys/values for a layer; return what the layer attends to."""
+        if layer_idx == len(self.keys):
+            B, KV, _, D = key.shape
+            self.keys.append(key.new_zeros((B, KV, self.max_cache_len, D)))
+            self.values.append(value.new_zeros((B, value.shape[1], self.max_cache_len, value.shape[3])))
+            self.lengths.append(0)
+        elif layer_idx > len(self.keys):
+            raise IndexError(f"cache has {len(self.keys)} layers filled; cannot update layer {layer_idx}")
+        k_buf, v_buf = self.keys[layer_idx], self.values[layer_idx]
+        if self.position is not None:  # fixed shapes: write at tensor indices, attend over the whole buffer
+            k_buf.index_copy_(2, self.position, key)
+            v_buf.index_copy_(2, self.position, value)
+            return k_buf, v_buf
+        start = self.lengths[layer_idx]
+        end = start + key.shape[2]
+        if end > self.max_cache_len:
+            raise ValueError(f"StaticCache holds {self.max_cache_len} positions; cannot store {key.shape[2]} more "
+                             f"after {start}: allocate it with a larger max_cache_len")
+        if key.shape[0] != k_buf.shape[0]:
+            raise ValueError(f"StaticCache holds batch size {k_buf.shape[0]}, got keys for {key.shape[0]} rows")
+        k_buf.narrow(2, start, key.shape[2]).copy_(key)  # narrow: a view, cheaper to build than a slice
+        v_buf.narrow(2, start, key.shape[2]).copy_(value)
+        self.lengths[layer_idx] = end
+        return k_buf.narrow(2, 0, end), v_buf.narrow(2, 0, end)
+
+    def advance(self, n: int) -> None:
+        """Count n more filled positions in every layer (after fixed-shape updates)."""
+        self.lengths = [length + n for length in self.lengths]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Number of filled positions (0 before prefill)."""
+        return self.lengths[layer_idx] if layer_idx < len(self.lengths) else 0
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Select batch rows (e.g. to drop finished sequences); the buffers shrink to the selected rows."""
+        self.keys = [k.index_select(0, beam_idx.to(k.device)) for k in self.keys]
+        self.values = [v.index_select(0, beam_idx.to(v.device)) for v in self.values]
+
+    def crop(self, max_length: int) -> None:
+        """Forget everything after the first `max_length` positions (their slots are overwritten later)."""
+        self.lengths = [min(n, max_length) for n in self.lengths]
+
+    def load(self, cache: "DynamicCache | StaticCache") -> "StaticCache":
+        """Copy another cache's filled keys/values into this (empty) one's first positions; returns self."""
+        if self.get_seq_length():
+            raise ValueError("StaticCache.load needs an empty cache")
+        for i, (k, v) in enumerate(zip(cache.key_cache, cache.value_cache)):
+            self.update(k, v, i)
+        return self
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def to_legacy_cache(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        return tuple(zip(self.key_cache, self.value_cache))
+
+    def to_dynamic(self) -> DynamicCache:
+        """A DynamicCache holding copies of the filled part (the buffers' unused slots are not kept alive)."""
+        cache = DynamicCache()
+        cache.key_cache = [k.clone() for k in self.key_cache]
+        cache.value_cache = [v.clone() for v in self.value_cache]
         return cache

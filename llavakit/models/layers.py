@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+FLASH_HELP = "flash_attention_2 needs the flash-attn package and a CUDA GPU: pip install flash-attn"
 
 
 class RMSNorm(nn.Module):
@@ -51,11 +52,26 @@ def activation(name: str) -> nn.Module:
 
 
 def attn_implementation(config) -> str:
-    """'sdpa' (default) or 'eager', from `config._attn_implementation` (set by from_pretrained)."""
+    """'sdpa' (default), 'eager' or 'flash_attention_2', from `config._attn_implementation` (set by from_pretrained)."""
     name = getattr(config, "_attn_implementation", None) or "sdpa"
     if name not in ATTN_IMPLEMENTATIONS:
         raise ValueError(f"attn_implementation {name!r} is not available; choose one of {ATTN_IMPLEMENTATIONS}")
     return name
+
+
+def _flash_attn_func() -> Callable | None:
+    """flash_attn.flash_attn_func when the flash-attn package is installed, else None."""
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError:
+        return None
+    return flash_attn_func
+
+
+def check_flash_attention() -> None:
+    """Raise a clear error unless flash-attn is installed and a CUDA GPU is present (from_pretrained calls this)."""
+    if _flash_attn_func() is None or not torch.cuda.is_available():
+        raise ImportError(FLASH_HELP)
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -67,15 +83,19 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *, scale: float,
-              eager: bool, is_causal: bool = False,
-              dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+              eager: bool, is_causal: bool = False, dropout: float = 0.0,
+              flash: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scaled dot-product attention with grouped KV heads.
 
     q (B, H, Tq, D), k/v (B, KV, Tk, D); `mask` is None, a bool mask (True = attend, for sdpa) or an
     additive float mask (for eager), broadcastable to (B, H, Tq, Tk). Returns the output (B, Tq, H, D)
-    and, on the eager path, the attention probabilities (B, H, Tq, Tk).
+    and, on the eager path, the attention probabilities (B, H, Tq, Tk). `flash` runs flash-attn's kernel
+    when no mask is needed (causal is bottom-right aligned, so a cached prefix works); masked calls
+    (padding, a StaticCache's unfilled slots) take the SDPA path.
     """
     n_rep = q.shape[1] // k.shape[1]
+    if flash and not eager and mask is None:
+        return _flash(q, k, v, scale=scale, is_causal=is_causal, dropout=dropout), None
     if eager:
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
         scores = torch.matmul(q, k.transpose(2, 3)) * scale  # (B, H, Tq, Tk)
@@ -91,11 +111,31 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     if n_rep > 1:
         if mask is None:
             gqa = {"enable_gqa": True}
+        elif q.shape[2] == 1 and mask.shape[1] == 1 and mask.shape[2] == 1:
+            # one query per row (decode): the n_rep heads sharing a KV head become that head's n_rep queries,
+            # so the keys/values are read once instead of being copied n_rep times
+            B, H, _, D = q.shape
+            q = q.reshape(B, H // n_rep, n_rep, D)  # (B, KV, n_rep, D)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
+            return out.reshape(B, 1, H, D), None  # (B, Tq=1, H, D)
         else:
             k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale,
                                          is_causal=is_causal and mask is None, **gqa)
     return out.transpose(1, 2), None  # (B, Tq, H, D)
+
+
+def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, is_causal: bool,
+           dropout: float) -> torch.Tensor:
+    """flash-attn on (B, H, T, D) inputs; returns (B, Tq, H, D). Grouped KV heads are native to the kernel."""
+    flash_attn_func = _flash_attn_func()
+    if flash_attn_func is None:
+        raise ImportError(FLASH_HELP)
+    if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"flash_attention_2 runs on CUDA in float16/bfloat16, got {q.device.type} {q.dtype}: "
+                         "load with dtype=torch.bfloat16 and device_map='cuda', or use attn_implementation='sdpa'")
+    return flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout,
+                           softmax_scale=scale, causal=is_causal)  # (B, Tq, H, D)
 
 
 def causal_mask(attention_mask: torch.Tensor | None, *, batch_size: int, q_len: int, past_len: int,

@@ -50,7 +50,9 @@ class LlamaAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # (B, KV, past + T, D)
         dropout = self.config.attention_dropout if self.training else 0.0
-        out, probs = attention(q, k, v, mask, scale=self.scaling, eager=eager, is_causal=T > 1, dropout=dropout)
+        flash = getattr(self.config, "_attn_implementation", None) == "flash_attention_2"
+        out, probs = attention(q, k, v, mask, scale=self.scaling, eager=eager, is_causal=T > 1, dropout=dropout,
+                               flash=flash)
         return self.o_proj(out.reshape(B, T, -1)), probs  # (B, T, C)
 
 

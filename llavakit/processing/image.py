@@ -24,6 +24,7 @@ import torch
 
 from llavakit.loading.hub import read_json, resolve_file
 from llavakit.processing.batch import BatchFeature
+from llavakit.processing.image_pil import as_rgb_pil, lookup, resize_pil, rgb_pil
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -149,11 +150,7 @@ def _channel_axis(image: np.ndarray, input_data_format: str | None) -> int:
 
 def _convert_rgb_pil(image: PIL.Image.Image) -> np.ndarray:
     """RGB (H, W, 3) uint8; transparency is composited onto white."""
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
-        white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.array(PIL.Image.alpha_composite(white, rgba).convert("RGB"))
-    return np.array(image.convert("RGB"))
+    return np.array(rgb_pil(image))
 
 
 def _convert_rgb_array(image: np.ndarray) -> np.ndarray:
@@ -286,6 +283,20 @@ def normalize(image: np.ndarray, mean: Sequence[float] | float, std: Sequence[fl
     return ((image.T - mean_arr) / std_arr).T
 
 
+def value_table(channels: int, do_rescale: bool, rescale_factor: float | None, do_normalize: bool,
+                mean: Sequence[float] | float | None, std: Sequence[float] | float | None) -> np.ndarray | None:
+    """(C, 256) float32: what rescale then normalize make of each uint8 value in each channel, computed by
+    those same functions, so that a lookup gives bit-identical pixel values; None when neither is on."""
+    if not (do_rescale or do_normalize):
+        return None
+    values = np.tile(np.arange(256, dtype=np.uint8), (channels, 1, 1))  # (C, 1, 256)
+    if do_rescale:
+        values = rescale(values, rescale_factor)
+    if do_normalize:
+        values = normalize(values, mean, std)
+    return values[:, 0].astype(np.float32, copy=False)  # (C, 256)
+
+
 # ---- size dicts --------------------------------------------------------------------------------
 _SIZE_KEYS = ({"height", "width"}, {"shortest_edge"}, {"shortest_edge", "longest_edge"}, {"longest_edge"})
 
@@ -373,8 +384,15 @@ class CLIPImageProcessor:
         flat = flatten_images(images)
         if not flat:
             raise ValueError("no images were given (an empty list)")
-        pixel_values = []
+        pixel_values, table = [], None
         for image in flat:
+            pil = as_rgb_pil(image, do_convert_rgb)
+            if pil is not None:  # the fast path: Pillow, then one table lookup per channel
+                if table is None:
+                    table = value_table(3, do_rescale, rescale_factor, do_normalize, image_mean, image_std)
+                array = self._pil_pixels(pil, do_resize, size, resample, do_center_crop, crop_size, table)
+                pixel_values.append(np.moveaxis(array, 0, -1) if data_format == "channels_last" else array)
+                continue
             array = to_channels_first(image, do_convert_rgb, input_data_format)  # (C, H, W)
             if do_resize:
                 array = resize(array, size, resample)
@@ -391,6 +409,21 @@ class CLIPImageProcessor:
             raise ValueError(f"cannot stack images of different processed shapes {[a.shape for a in pixel_values]}; "
                              "use do_center_crop or a fixed size, or return_tensors=None")
         return BatchFeature({"pixel_values": pixel_values}, tensor_type=return_tensors)
+
+    @staticmethod
+    def _pil_pixels(image: PIL.Image.Image, do_resize: bool, size: dict[str, int], resample: int | None,
+                    do_center_crop: bool, crop_size: dict[str, int], table: np.ndarray | None) -> np.ndarray:
+        """resize in Pillow, center crop as a view, then rescale + normalize by one table lookup: (3, H, W)."""
+        if do_resize:
+            new_height, new_width = resize_output_size(image.height, image.width, size)
+            if new_height < 1 or new_width < 1:
+                raise ValueError(f"resizing a {image.height}x{image.width} image to {size} gives an empty "
+                                 f"{new_height}x{new_width} image")
+            image = resize_pil(image, new_height, new_width, BILINEAR if resample is None else int(resample))
+        array = np.moveaxis(np.asarray(image), -1, 0)  # (3, H, W) uint8, a view of Pillow's copy
+        if do_center_crop:
+            array = center_crop(array, crop_size)  # a view (padded copy when the crop is larger)
+        return np.array(array) if table is None else lookup(array, table)  # (3, h, w)
 
     # ---- config ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

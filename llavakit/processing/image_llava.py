@@ -12,6 +12,7 @@ import numpy as np
 
 from llavakit.processing.batch import BatchFeature
 from llavakit.processing.image import CLIPImageProcessor, ImageInput, flatten_images, to_channels_first
+from llavakit.processing.image_pil import as_rgb_pil, paste_centered
 
 
 def pad_to_square(image: np.ndarray, colour: Sequence[float]) -> np.ndarray:
@@ -61,6 +62,13 @@ class LlavaImageProcessor(CLIPImageProcessor):
         mean = self.image_mean if image_mean is None else image_mean
         padded = []
         for image in flatten_images(images):
+            pil = as_rgb_pil(image, do_convert_rgb)
+            if pil is not None:  # pad in Pillow; the CLIP fast path takes it from there
+                side = max(pil.size)
+                top, left = (side - pil.height) // 2, (side - pil.width) // 2
+                colour = tuple(pad_colour(mean, 3))
+                padded.append(pil if pil.width == pil.height else paste_centered(pil, side, side, top, left, colour))
+                continue
             array = to_channels_first(image, do_convert_rgb, input_data_format)  # (C, H, W)
             colour = pad_colour(mean, array.shape[0])
             if np.issubdtype(array.dtype, np.floating) and array.size and array.max() <= 1:

@@ -11,11 +11,13 @@ import math
 from typing import Any
 
 import numpy as np
+import PIL.Image
 
 from llavakit.anyres import DEFAULT_PINPOINTS, check_pinpoints, select_best_resolution
 from llavakit.processing.batch import BatchFeature
-from llavakit.processing.image import CLIPImageProcessor, ImageInput, flatten_images, resize, size_dict, \
+from llavakit.processing.image import BILINEAR, CLIPImageProcessor, ImageInput, flatten_images, resize, size_dict, \
     to_channels_first
+from llavakit.processing.image_pil import as_rgb_pil, paste_centered, resize_pil, tiles
 
 
 # ---- resizing, padding and cropping for the grid ----------------------------------------------------
@@ -53,6 +55,19 @@ def anyres_views(image: np.ndarray, pinpoints: list[list[int]], base_size: tuple
     canvas = pad_to(fitted, best)  # (C, best_h, best_w)
     base = resize(image, {"height": base_size[0], "width": base_size[1]}, resample)  # (C, *base_size)
     return [base] + divide_to_crops(canvas, crop)
+
+
+def anyres_views_pil(image: PIL.Image.Image, pinpoints: list[list[int]], base_size: tuple[int, int], crop: int,
+                     resample: int | None) -> list[PIL.Image.Image]:
+    """`anyres_views` of an RGB PIL image, done in Pillow: the same pixels, each resized once."""
+    resample = BILINEAR if resample is None else int(resample)
+    best = select_best_resolution((image.height, image.width), pinpoints)
+    new_h, new_w = fit_size(image.height, image.width, best)
+    fitted = resize_pil(image, new_h, new_w, resample)
+    top, left = (best[0] - new_h) // 2, (best[1] - new_w) // 2
+    canvas = paste_centered(fitted, best[0], best[1], top, left)  # zero padding, as pad_to
+    base = resize_pil(image, base_size[0], base_size[1], resample)
+    return [base] + tiles(canvas, crop)
 
 
 # ---- the processor ------------------------------------------------------------------------------
@@ -98,23 +113,30 @@ class LlavaNextImageProcessor(CLIPImageProcessor):
             raise ValueError("no images were given (an empty list)")
         pixel_values, image_sizes = [], []
         for image in flat:
-            array = to_channels_first(image, do_convert_rgb, input_data_format)  # (C, H, W)
-            views = anyres_views(array, pinpoints, base_size, crop, resample)
+            pil = as_rgb_pil(image, do_convert_rgb)
+            if pil is not None:  # Pillow views; the CLIP fast path processes them
+                height, width = pil.height, pil.width
+                views = anyres_views_pil(pil, pinpoints, base_size, crop, resample)
+            else:
+                array = to_channels_first(image, do_convert_rgb, input_data_format)  # (C, H, W)
+                height, width = array.shape[1:]
+                views = anyres_views(array, pinpoints, base_size, crop, resample)
             processed = super().preprocess(views, do_resize=do_resize, size=size, resample=resample,
                                            crop_size=crop_size, do_convert_rgb=False, data_format=data_format,
                                            input_data_format="channels_first", **clip_kwargs)["pixel_values"]
             shapes = {view.shape for view in processed}
             if len(shapes) > 1:
-                raise ValueError(f"the anyres views of a {array.shape[1]}x{array.shape[2]} image have different "
+                raise ValueError(f"the anyres views of a {height}x{width} image have different "
                                  f"processed shapes {sorted(shapes)}: keep do_center_crop=True, or use grid pinpoints "
                                  f"that are multiples of the crop size {crop}")
             pixel_values.append(np.stack(processed))  # (views, C, h, w)
-            image_sizes.append((int(array.shape[1]), int(array.shape[2])))
+            image_sizes.append((int(height), int(width)))
 
         counts = [len(views) for views in pixel_values]
         if do_pad:
             most = max(counts)
-            pixel_values = [np.pad(v, ((0, most - len(v)),) + ((0, 0),) * 3) for v in pixel_values]
+            pixel_values = [np.pad(v, ((0, most - len(v)),) + ((0, 0),) * 3) if len(v) < most else v
+                            for v in pixel_values]
         elif return_tensors is not None and len(set(counts)) > 1:
             raise ValueError(f"cannot stack images with different numbers of anyres views {counts} with do_pad=False; "
                              "pass do_pad=True (zero views at the end) or return_tensors=None")

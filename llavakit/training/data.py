@@ -174,7 +174,10 @@ def encode_sample(processor: Any, messages: list[dict[str, Any]], images: list[A
         raise SkipSample(f"no assistant token left to learn (max_length={max_length}, {len(ids)} tokens)")
     sample = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
     if images:
-        sample["pixel_values"] = torch.as_tensor(np.stack(out["pixel_values"]))  # (n_images, 3, S, S)
+        # (n_images, 3, S, S); NeXT: (n_images, n_crops, 3, S, S) plus each image's (height, width)
+        sample["pixel_values"] = torch.as_tensor(np.stack(out["pixel_values"]))
+        if out.get("image_sizes") is not None:
+            sample["image_sizes"] = torch.as_tensor(np.asarray(out["image_sizes"])).reshape(-1, 2)  # (n_images, 2)
     return sample
 
 
@@ -258,8 +261,20 @@ class Collator:
         batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
         pixels = [s["pixel_values"] for s in samples if "pixel_values" in s]
         if pixels:
-            batch["pixel_values"] = torch.cat(pixels)  # (total_images, 3, S, S)
+            batch["pixel_values"] = torch.cat(_pad_crops(pixels))  # (total_images, [max_crops,] 3, S, S)
+        sizes = [s["image_sizes"] for s in samples if "image_sizes" in s]
+        if sizes:
+            batch["image_sizes"] = torch.cat(sizes)  # (total_images, 2): NeXT unpads each image by its size
         return batch
+
+
+def _pad_crops(pixels: list[torch.Tensor]) -> list[torch.Tensor]:
+    """NeXT samples carry (n_images, n_crops, 3, S, S) with n_crops varying by aspect ratio: zero-pad the crops
+    to the batch's largest count (the model reads only each image's own crops, from image_sizes)."""
+    if pixels[0].ndim != 5:
+        return pixels
+    most = max(p.shape[1] for p in pixels)
+    return [torch.nn.functional.pad(p, (0, 0, 0, 0, 0, 0, 0, most - p.shape[1])) for p in pixels]
 
 
 def modality_grouped_batches(lengths: list[int], batch_size: int, generator: random.Random) -> list[list[int]]:

@@ -1,6 +1,7 @@
 """LoRA through peft: adapters on the language model's linear layers, the projector trained in full,
 saved in peft's format with transformers' module names so `PeftModel.from_pretrained` loads them onto
 transformers' LlavaForConditionalGeneration; `merge_adapter` folds them into a plain llava-hf checkpoint.
+QLoRA trains the same adapters over a 4-bit nf4 language model (`load_qlora_base`).
 """
 
 from __future__ import annotations
@@ -35,17 +36,34 @@ def _peft() -> Any:
 
 
 def check_qlora_available() -> None:
-    """QLoRA needs a CUDA GPU and bitsandbytes; say so plainly instead of failing deep inside."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ValueError("QLoRA (--stage qlora) needs a CUDA GPU and bitsandbytes; this machine has no CUDA device. "
-                         "Use --stage lora on CPU.")
+    """QLoRA needs bitsandbytes (>= 0.50 runs its 4-bit layers on CPU as well as CUDA); say so plainly."""
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as err:
-        raise ValueError("QLoRA (--stage qlora) needs bitsandbytes: pip install bitsandbytes") from err
-    raise NotImplementedError("4-bit (QLoRA) loading is not implemented in llavakit yet; use --stage lora")
+        raise ValueError("QLoRA (--stage qlora) needs bitsandbytes: pip install 'llavakit[quant]' "
+                         "(or pip install bitsandbytes)") from err
+
+
+def load_qlora_base(path: str | os.PathLike, compute_dtype: Any = "float32", gradient_checkpointing: bool = False,
+                    **kwargs: Any) -> nn.Module:
+    """The base model for QLoRA: language model in 4-bit nf4 with double quantization (the QLoRA recipe),
+    vision tower and projector in float32, prepared for k-bit training by peft (all frozen, norms in fp32)."""
+    from llavakit import AutoModelForImageTextToText
+    from llavakit.quantization import BitsAndBytesConfig
+
+    check_qlora_available()
+    peft = _peft()
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=compute_dtype)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype="float32", quantization_config=config, **kwargs)
+    for module in model.modules():
+        # bitsandbytes repacks CPU 4-bit weights into an inference-only layout on the first eval forward; its
+        # backward does not go through that layout (the gradients come out wrong), so a model that trains keeps
+        # the plain layout, also across mid-training evaluation.
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def add_lora(model: nn.Module, r: int = 128, alpha: int = 256, dropout: float = 0.05) -> nn.Module:

@@ -72,6 +72,12 @@ def make_scene(rng: random.Random) -> Scene:
     return Scene(items, box, jitter)
 
 
+# The demo's example image (llavakit/assets/example.png, written by scripts/train_demo.py): a scene from the
+# training distribution, with a red box around the blue square for the ViP question.
+EXAMPLE = Scene([Item("red", "circle", 0), Item("blue", "square", 1), Item("green", "triangle", 3)], box_cell=1,
+                jitter=[(0, 1, 18), (-1, 0, 17), (1, -1, 19)])
+
+
 def render(scene: Scene) -> Image.Image:
     image = Image.new("RGB", (SIZE, SIZE), (255, 255, 255))
     draw = ImageDraw.Draw(image)
@@ -115,11 +121,11 @@ def questions(scene: Scene) -> list[tuple[str, str]]:
 
 
 def sample_questions(scene: Scene, rng: random.Random, k: int) -> list[tuple[str, str]]:
-    """k distinct questions; a ViP question is always among them when the scene has a box."""
+    """k distinct questions; one of the two ViP questions is always among them when the scene has a box."""
     pool = questions(scene)
     vip = [q for q in pool if "red box" in q[0]]
     rest = [q for q in pool if q not in vip]
-    chosen = vip[:1] + rng.sample(rest, min(k, len(rest)))
+    chosen = rng.sample(vip, min(1, len(vip))) + rng.sample(rest, min(k, len(rest)))
     rng.shuffle(chosen)
     return chosen[:k]
 

@@ -1,5 +1,6 @@
 """`llavakit generate`: the README demo, a real checkpoint folder, and bad input as one-line errors."""
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -7,6 +8,7 @@ from PIL import Image
 
 from llavakit import demo
 from llavakit.cli.main import main
+from llavakit.training import synthetic
 
 
 @pytest.fixture
@@ -15,18 +17,48 @@ def demo_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def test_demo_runs_with_no_arguments(demo_cache, capsys):
+@pytest.fixture
+def random_demo(demo_cache, monkeypatch):
+    """The fallback used when the trained demo model is not installed."""
+    monkeypatch.setattr(demo, "has_trained_model", lambda: False)
+    return demo_cache
+
+
+def test_random_demo_runs_with_no_arguments_and_says_so(random_demo, capsys):
     assert main(["generate", "--max-new-tokens", "8"]) == 0
     out = capsys.readouterr()
     assert "RANDOM weights" in out.err
     assert len(out.out.split()) >= 1
-    assert (demo_cache / f"demo-{demo.VERSION}" / "model.safetensors").exists()
+    assert (random_demo / f"demo-{demo.VERSION}" / "model.safetensors").exists()
 
 
-def test_demo_checkpoint_is_a_valid_llava_hf_folder(demo_cache):
+@pytest.mark.skipif(not demo.has_trained_model(), reason="the trained demo model is not shipped")
+@pytest.mark.parametrize("prompt, answer", [
+    (None, synthetic.describe(synthetic.EXAMPLE)),  # the README command
+    ("What shape is inside the red box?", "square"),
+    ("What color is the shape at the bottom right?", "green"),
+])
+def test_trained_demo_answers_about_the_shipped_example(demo_cache, capsys, prompt, answer):
+    assert main(["generate", "--no-stream"] + (["--prompt", prompt] if prompt else [])) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == answer
+    assert "RANDOM" not in out.err and not demo_cache.exists()  # no random checkpoint was built
+
+
+def test_shipped_example_is_the_synthetic_example_scene():
+    shipped = np.asarray(Image.open(demo.EXAMPLE_IMAGE).convert("RGB"))
+    assert np.array_equal(shipped, np.asarray(synthetic.render(synthetic.EXAMPLE)))
+
+
+@pytest.mark.parametrize("trained", [True, False], ids=["trained", "random"])
+def test_demo_checkpoint_is_a_valid_llava_hf_folder(demo_cache, monkeypatch, trained):
     """transformers loads what llavakit wrote (model, tokenizer, processor) and generates the same tokens."""
     import llavakit
 
+    if trained and not demo.has_trained_model():
+        pytest.skip("the trained demo model is not shipped")
+    if not trained:
+        monkeypatch.setattr(demo, "has_trained_model", lambda: False)
     path = demo.demo_checkpoint()
     image = Image.open(demo.EXAMPLE_IMAGE)
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is here?"}]}]
@@ -87,3 +119,21 @@ def test_bad_input_is_one_clear_line(tiny_llava_dir, tmp_path, capsys, make_args
     err = capsys.readouterr().err
     assert err.startswith("llavakit generate: error:") and message in err
     assert "Traceback" not in err
+
+
+def test_quantize_flag_nf4_matches_transformers_bitsandbytes(tiny_llava_dir, photos, capsys):
+    pytest.importorskip("bitsandbytes")
+    prompt = "Describe the picture."
+    assert main(["generate", "--model", str(tiny_llava_dir), "--image", str(photos["chelsea"]), "--prompt", prompt,
+                 "--max-new-tokens", "8", "--no-stream", "--quantize", "nf4", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out.strip()
+    config = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", llm_int8_skip_modules=[
+        "model.vision_tower", "model.multi_modal_projector", "lm_head"])  # llavakit's default skips, their names
+    processor = transformers.AutoProcessor.from_pretrained(tiny_llava_dir)
+    model = transformers.LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir, quantization_config=config,
+                                                                       device_map="cpu")
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    inputs = processor(images=Image.open(photos["chelsea"]), text=text, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert printed == processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()

@@ -19,6 +19,7 @@ from transformers.generation import streamers as tstreamers
 from llavakit import GenerationConfig, LlavaForConditionalGeneration, TextIteratorStreamer
 from llavakit.generation.utils import GenerationMixin
 from llavakit.models.llama import LlamaForCausalLM
+from llavakit.models.cache import DynamicCache, StaticCache
 
 PROMPT = "USER: <image>\nWhat is shown in this image? ASSISTANT:"
 TWO_IMAGES = "USER: <image>\n<image>\nWhat differs between these two pictures? ASSISTANT:"
@@ -494,3 +495,36 @@ def test_llama_for_causal_lm_generate(tiny_llama_dir, processor):
     ours = models[0].generate(**inputs, max_new_tokens=10, do_sample=True, top_p=0.8)
     torch.manual_seed(5)
     assert_same_tokens(ours, models[1].generate(**inputs, max_new_tokens=10, do_sample=True, top_p=0.8))
+
+
+# ---- KV cache implementations ------------------------------------------------------------------
+@pytest.mark.parametrize("which", ["llava", "mistral_llava"])
+def test_static_and_dynamic_caches_give_transformers_tokens(which, request, processor, images):
+    models = request.getfixturevalue(which)
+    inputs = batch_of_three(processor, images)
+    theirs = models[1].generate(**inputs, max_new_tokens=9, do_sample=False)
+    static = models[0].generate(**inputs, max_new_tokens=9, return_dict_in_generate=True)
+    dynamic = models[0].generate(**inputs, max_new_tokens=9, cache_implementation="dynamic",
+                                 return_dict_in_generate=True)
+    assert_same_tokens(static.sequences, theirs)
+    assert_same_tokens(dynamic.sequences, theirs)
+    assert isinstance(static.past_key_values, StaticCache) and isinstance(dynamic.past_key_values, DynamicCache)
+    T = inputs["input_ids"].shape[1]
+    assert static.past_key_values.max_cache_len == T + 9  # prompt + new tokens, allocated once
+    for a, b in zip(static.past_key_values.to_legacy_cache(), dynamic.past_key_values.to_legacy_cache()):
+        torch.testing.assert_close(a[0], b[0], atol=1e-6, rtol=0)
+
+
+def test_prefix_reuse_with_the_static_cache(llava, processor, images):
+    ours = llava[0]
+    ours.prefix_cache.clear()
+    inputs = processor(images=images["chelsea"], text=PROMPT, return_tensors="pt")
+    first = ours.generate(**inputs, max_new_tokens=4)
+    follow = torch.cat([first, processor.tokenizer(" USER: More? ASSISTANT:", add_special_tokens=False,
+                                                   return_tensors="pt")["input_ids"]], dim=1)
+    hits = ours.prefix_cache.hits
+    reused = ours.generate(input_ids=follow, pixel_values=inputs["pixel_values"], max_new_tokens=5)
+    assert ours.prefix_cache.hits == hits + 1
+    fresh = ours.generate(input_ids=follow, pixel_values=inputs["pixel_values"], max_new_tokens=5,
+                          prefix_cache=False, cache_implementation="dynamic")
+    assert_same_tokens(reused, fresh)

@@ -65,3 +65,48 @@ def test_keep_positions():
     assert torch.equal(keep_positions(hidden, per_row), torch.stack([hidden[0, [1]], hidden[1, [3]]]))
     with pytest.raises(ValueError, match="logits_to_keep must be >= 0"):
         keep_positions(hidden, -1)
+
+
+# ---- flash_attention_2 -------------------------------------------------------------------------
+def _has_flash_attn() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+@pytest.mark.skipif(_has_flash_attn() and torch.cuda.is_available(), reason="flash-attn and CUDA are available")
+@pytest.mark.parametrize("kwargs", [dict(attn_implementation="flash_attention_2"), dict(use_flash_attention_2=True)])
+def test_flash_attention_2_without_flash_attn_is_a_clear_error(tiny_llava_dir, kwargs):
+    from llavakit import LlavaForConditionalGeneration
+
+    with pytest.raises(ImportError, match="flash_attention_2 needs the flash-attn package and a CUDA GPU: "
+                                          "pip install flash-attn"):
+        LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir, **kwargs)
+
+
+def test_decode_query_folds_grouped_heads_instead_of_repeating_kv():
+    from llavakit.models.layers import attention, repeat_kv
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 8, 1, 16, generator=gen), torch.randn(2, 2, 9, 16, generator=gen), torch.randn(
+        2, 2, 9, 16, generator=gen)
+    mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    mask[0, ..., :3] = False  # left padding in the first row
+    out, _ = attention(q, k, v, mask, scale=0.25, eager=False)
+    reference = torch.nn.functional.scaled_dot_product_attention(q, repeat_kv(k, 4), repeat_kv(v, 4), attn_mask=mask,
+                                                                 scale=0.25).transpose(1, 2)
+    torch.testing.assert_close(out, reference, atol=1e-6, rtol=0)
+
+
+@pytest.mark.skipif(not (_has_flash_attn() and torch.cuda.is_available()), reason="needs flash-attn and CUDA")
+def test_flash_attention_2_matches_sdpa_on_cuda(tiny_llava_dir):
+    from llavakit import LlavaForConditionalGeneration
+
+    ids = torch.randint(3, 31000, (2, 24), device="cuda")
+    logits = []
+    for impl in ("sdpa", "flash_attention_2"):
+        model = LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir, attn_implementation=impl,
+                                                              dtype=torch.bfloat16, device_map="cuda")
+        with torch.no_grad():
+            logits.append(model(input_ids=ids).logits.float())
+    torch.testing.assert_close(logits[0], logits[1], atol=5e-2, rtol=5e-2)

@@ -120,6 +120,32 @@ def test_loss_equals_transformers(processor, image_folder, tiny_llava_dir):
     assert ours.multi_modal_projector.linear_1.weight.grad.abs().sum() > 0
 
 
+def test_llava_next_batch_loss_equals_transformers(tiny_llava_next_dir, image_folder):
+    """NeXT fine-tuning: crops padded to the batch's largest count, image_sizes passed, same loss as transformers."""
+    import transformers
+    from PIL import Image
+
+    from llavakit import LlavaNextForConditionalGeneration
+
+    Image.new("RGB", (60, 20), (200, 30, 30)).save(image_folder / "wide.png")  # fewer crops than a square photo
+    processor = AutoProcessor.from_pretrained(tiny_llava_next_dir)
+    wide = {"id": "w", "image": "wide.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "Red."}]}
+    dataset = SupervisedDataset([RECORD, wide, TEXT_RECORD], processor, image_folder=str(image_folder))
+    samples = [dataset[0], dataset[1], dataset[2]]
+    crops = [s["pixel_values"].shape[1] for s in samples[:2]]
+    assert crops[0] != crops[1]
+    batch = Collator(processor.tokenizer.pad_token_id)(samples)
+    assert batch["pixel_values"].shape[:2] == (2, max(crops))
+    assert batch["image_sizes"].tolist() == [[300, 451], [20, 60]]
+    ours = LlavaNextForConditionalGeneration.from_pretrained(tiny_llava_next_dir)
+    theirs = transformers.LlavaNextForConditionalGeneration.from_pretrained(tiny_llava_next_dir)
+    loss = ours(**batch).loss
+    torch.testing.assert_close(loss, theirs(**batch).loss, rtol=1e-5, atol=1e-5)
+    loss.backward()
+    assert ours.multi_modal_projector.linear_1.weight.grad.abs().sum() > 0
+
+
 def test_modality_grouped_batches_are_single_modality():
     lengths = [5, -3, 7, -2, 9, 4, -8, 1, 3, -1]
     batches = epoch_batches(len(lengths), 3, seed=0, epoch=0, lengths=lengths)

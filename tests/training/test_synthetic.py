@@ -32,6 +32,16 @@ def test_render_puts_colours_in_their_cells_and_draws_the_box():
     assert tuple(pixels[14, 14]) == (255, 255, 255)
 
 
+def test_example_scene_is_from_the_training_distribution():
+    """The shipped example (llavakit/assets/example.png) obeys make_scene's rules, box included."""
+    scene = synthetic.EXAMPLE
+    assert 1 <= len(scene.items) <= 3 and [i.cell for i in scene.items] == sorted({i.cell for i in scene.items})
+    assert len({(i.color, i.shape) for i in scene.items}) == len(scene.items)
+    assert all(-2 <= dx <= 2 and -2 <= dy <= 2 and 15 <= size <= 19 for dx, dy, size in scene.jitter)
+    assert scene.box_cell in {i.cell for i in scene.items}
+    assert dict(synthetic.questions(scene))["What shape is inside the red box?"] == "square"
+
+
 def test_write_dataset_is_llava_format(tmp_path):
     path = synthetic.write_dataset(tmp_path, 4, seed=1, turns=3, prefix="t")
     records = json.loads(path.read_text())

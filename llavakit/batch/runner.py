@@ -1,0 +1,85 @@
+"""The batch engine: loads a model and processor once, then answers lists of rows with greedy decoding.
+
+Rows of one batch are rendered with the chat template, left-padded together and decoded in one
+`generate` call; left padding keeps each row's greedy answer equal to answering it alone. A row whose
+image cannot be loaded is answered with its error, and the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from llavakit.batch.images import load_image
+from llavakit.serving.media import MediaLimits
+
+DEFAULT_PROMPT = "What is in the image?"
+
+
+class BatchEngine:
+    """Answers rows {"id", "images", "prompt"} with result dicts; one instance per process (or Ray actor)."""
+
+    def __init__(self, model: str, *, prompt: str = DEFAULT_PROMPT, chat_template: str | None = None,
+                 max_new_tokens: int = 64, dtype: str = "auto", device: str | None = None,
+                 limits: MediaLimits | None = None) -> None:
+        from llavakit import AutoModelForImageTextToText, AutoProcessor
+
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.processor = AutoProcessor.from_pretrained(model)
+        self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype, device_map=self.device).eval()
+        self.prompt, self.chat_template, self.max_new_tokens = prompt, chat_template, max_new_tokens
+        self.limits = limits or MediaLimits()
+
+    def run(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One result per row, in the rows' order: id, image(s), prompt, answer, token counts, error."""
+        results, ready = [], []
+        for row in rows:
+            result = {"id": row["id"], "images": row["images"], "prompt": row.get("prompt") or self.prompt,
+                      "answer": None, "prompt_tokens": 0, "completion_tokens": 0, "error": None}
+            results.append(result)
+            try:
+                images = [load_image(source, self.limits) for source in row["images"]]
+                ready.append((result, self._render(result["prompt"], len(images)), images))
+            except ValueError as err:
+                result["error"] = str(err)
+        if ready:
+            try:
+                self._generate(ready)
+            except (ValueError, RuntimeError) as err:
+                if len(ready) == 1:
+                    ready[0][0]["error"] = str(err)
+                else:  # find the row that broke the batch: answer each alone
+                    for item in ready:
+                        try:
+                            self._generate([item])
+                        except (ValueError, RuntimeError) as single_err:
+                            item[0]["error"] = str(single_err)
+        return results
+
+    def _render(self, prompt: str, n_images: int) -> str:
+        content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
+        return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                                  chat_template=self.chat_template)
+
+    def _generate(self, ready: list[tuple[dict[str, Any], str, list[Any]]]) -> None:
+        """Answer the rows in one left-padded generate call and fill in their results."""
+        texts = [text for _, text, _ in ready]
+        images = [image for _, _, row_images in ready for image in row_images]
+        bos = self.processor.tokenizer.bos_token
+        inputs = self.processor(images=images or None, text=texts, padding=True, padding_side="left",
+                                return_tensors="pt", add_special_tokens=not (bos and texts[0].startswith(bos)))
+        inputs = inputs.to(self.model.device, self.model.dtype)
+        output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                     prefix_cache=False)  # (B, T + new)
+        new = output[:, inputs["input_ids"].shape[1]:].tolist()  # (B, new)
+        prompt_tokens = inputs["attention_mask"].sum(-1).tolist()  # (B,)
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+        for (result, _, _), ids, n_prompt in zip(ready, new, prompt_tokens):
+            ids = ids[:next((i + 1 for i, t in enumerate(ids) if t in eos_ids), len(ids))]
+            result["answer"] = self.processor.decode(ids, skip_special_tokens=True).strip()
+            result["prompt_tokens"], result["completion_tokens"] = int(n_prompt), len(ids)
+            result["error"] = None

@@ -1,0 +1,52 @@
+"""`llavakit batch MODEL --input PATH --output results.jsonl`: answer a whole dataset, resumably.
+
+The input is a folder of images, a JSONL / CSV / Parquet table (image paths or URLs, optional id and
+prompt columns) or a LLaVA-format JSON. Each row becomes one JSON line in the output, written as soon as
+its batch finishes; rerunning with the same output skips the rows already there. --ray runs the same
+job on Ray Data (`--ray local`, `--ray auto`, `--ray ray://head:10001`, or bare `--ray` for RAY_ADDRESS).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("batch", help="answer a prompt for every row of a dataset, resumably",
+                       description="Answer every row of a dataset (folder, JSONL, CSV, Parquet or LLaVA JSON) with "
+                                   "greedy decoding, appending JSON lines that a rerun resumes from.")
+    p.add_argument("model", help="checkpoint folder or Hub repo id")
+    p.add_argument("--input", required=True,
+                   help="folder of images, .jsonl / .csv / .parquet (columns: image, optional id and prompt) or "
+                        "a LLaVA-format .json")
+    p.add_argument("--output", required=True, help="results .jsonl (appended to; a rerun skips rows already there)")
+    p.add_argument("--prompt", default=None,
+                   help="prompt for rows without their own (default: 'What is in the image?')")
+    p.add_argument("--chat-template", default=None, help="a built-in template name or a .jinja file")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8, help="rows per generate call (per replica on Ray)")
+    p.add_argument("--image-folder", default=None,
+                   help="folder that relative image paths start from (default: the input file's folder)")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on Ray Data: 'local' starts a local instance, 'auto' or ray://HOST:PORT joins a "
+                        "cluster; without ADDRESS Ray's default (RAY_ADDRESS) is used")
+    p.add_argument("--num-replicas", type=int, default=1, help="Ray actors, each holding one model")
+    p.add_argument("--gpus-per-replica", type=float, default=0.0)
+    p.add_argument("--cpus-per-replica", type=float, default=1.0)
+    p.add_argument("--no-progress", action="store_true", help="do not print the progress line")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from llavakit.batch.job import run_job
+    from llavakit.cli.generate import _read_template
+
+    summary = run_job(
+        args.model, args.input, args.output, prompt=args.prompt, chat_template=_read_template(args.chat_template),
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, image_folder=args.image_folder,
+        dtype=args.dtype, device=args.device, use_ray=args.ray is not None, ray_address=args.ray or None,
+        num_replicas=args.num_replicas, gpus_per_replica=args.gpus_per_replica,
+        cpus_per_replica=args.cpus_per_replica, progress=not args.no_progress)
+    return 0 if summary.written == 0 or summary.errors < summary.written else 1

@@ -1,0 +1,73 @@
+"""`--tensor-parallel-size N` for the CLI: re-run the same command under torchrun with N processes.
+
+Every rank runs the same command on the same inputs (same greedy or seeded computation); only rank 0
+prints or serves. Inside torchrun (WORLD_SIZE set) nothing is re-launched.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import torch
+
+
+def under_torchrun() -> bool:
+    return "WORLD_SIZE" in os.environ
+
+
+def check_size(tensor_parallel_size: int) -> None:
+    """A clear error for sizes no machine here can run."""
+    if tensor_parallel_size < 1:
+        raise ValueError(f"--tensor-parallel-size must be at least 1, got {tensor_parallel_size}")
+    if torch.cuda.is_available() and tensor_parallel_size > torch.cuda.device_count():
+        raise ValueError(f"--tensor-parallel-size {tensor_parallel_size} needs that many GPUs, but "
+                         f"{torch.cuda.device_count()} are visible")
+    if under_torchrun() and int(os.environ["WORLD_SIZE"]) != tensor_parallel_size:
+        raise ValueError(f"--tensor-parallel-size {tensor_parallel_size} but torchrun started "
+                         f"{os.environ['WORLD_SIZE']} processes; make them equal")
+
+
+def relaunch(argv: list[str], tensor_parallel_size: int) -> int:
+    """Run `llavakit <argv>` under torchrun with `tensor_parallel_size` processes on this machine; its exit code."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={tensor_parallel_size}", "-m", "llavakit.cli.main", *argv]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    child = subprocess.Popen(command, env=env)
+    forward = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: child.terminate()) if forward else None
+    try:  # torchrun passes SIGTERM / Ctrl-C on to the ranks
+        return child.wait()
+    except KeyboardInterrupt:
+        child.send_signal(signal.SIGINT)
+        return child.wait()
+    finally:
+        if forward:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def shared_seed(seed: int | None) -> int:
+    """The seed every rank uses: the given one, or rank 0's random pick (ranks must sample alike)."""
+    import torch.distributed as dist
+
+    if seed is not None or not dist.is_initialized():
+        return seed if seed is not None else int(torch.seed() % 2**63)
+    box = [int(torch.seed() % 2**63) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def check_ranks_agree(tokens: torch.Tensor) -> None:
+    """Raise if the ranks generated different tokens (they would have mixed unrelated partial sums)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, tokens.tolist())
+    if any(g != gathered[0] for g in gathered):
+        raise RuntimeError("tensor-parallel ranks generated different tokens; every rank must get the same inputs "
+                           "and the same sampling seed")
