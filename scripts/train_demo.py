@@ -50,7 +50,7 @@ def build_initial_model(folder: Path, seed: int, patch_size: int) -> None:
     Choices that make the image learnable quickly: the processor maps the white background to 0 (mean 1,
     std 0.5), so an empty cell gives a zero patch embedding and the LayerNorms do not drown the shapes in
     a constant; the tower's position embeddings start large enough to survive next to the patch
-    embeddings (at CLIP's 0.02 they stay ~100x smaller and "Where is ...?" is not learned); features come
+    embeddings (at CLIP's 0.02 they stay ~100x smaller, and positions are learned slowly); features come
     from the tower's last layer.
     """
     tokenizer = build_tokenizer(folder)
@@ -64,7 +64,7 @@ def build_initial_model(folder: Path, seed: int, patch_size: int) -> None:
         image_token_index=4, pad_token_id=3, vision_feature_layer=-1, vision_feature_select_strategy="default")
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
-    with torch.no_grad():  # position embeddings at the patch embeddings' scale, so "where" is learnable
+    with torch.no_grad():  # position embeddings at the patch embeddings' scale
         model.vision_tower.vision_model.embeddings.position_embedding.weight.normal_(0.0, 2.0)
     model.save_pretrained(folder)
     image_processor = CLIPImageProcessor(size={"shortest_edge": synthetic.SIZE},
@@ -109,12 +109,17 @@ def main() -> None:
     acc, misses = synthetic.accuracy(model, processor, n=200)
     print(f"held-out accuracy: {acc:.3f} ({len(misses)} misses); first misses: {misses[:5]}")
     if args.install:
-        ASSET_DIR.mkdir(parents=True, exist_ok=True)
-        for name in SHIPPED:
-            if (work / "model" / name).exists():
-                shutil.copy(work / "model" / name, ASSET_DIR / name)
-        synthetic.render(synthetic.EXAMPLE).save(ASSET_DIR.parent / "example.png")
-        print(f"installed into {ASSET_DIR} (and the example image {ASSET_DIR.parent / 'example.png'})")
+        install(work / "model")
+
+
+def install(model_dir: Path) -> None:
+    """Copy a trained model's files into the package, and write the example image beside them."""
+    ASSET_DIR.mkdir(parents=True, exist_ok=True)
+    for name in SHIPPED:
+        if (model_dir / name).exists():
+            shutil.copy(model_dir / name, ASSET_DIR / name)
+    synthetic.render(synthetic.EXAMPLE).save(ASSET_DIR.parent / "example.png")
+    print(f"installed into {ASSET_DIR} (and the example image {ASSET_DIR.parent / 'example.png'})")
 
 
 if __name__ == "__main__":

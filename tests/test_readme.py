@@ -39,3 +39,16 @@ def test_fine_tuning_example_trains_and_saves(tiny_llava_dir, photos, tmp_path, 
     assert torch.equal(trained.vision_tower.vision_model.embeddings.patch_embedding.weight,
                        base.vision_tower.vision_model.embeddings.patch_embedding.weight)
     assert (tmp_path / "out" / "tokenizer.json").exists()
+
+
+def test_visual_prompts_example_draws_on_a_copy(photos):
+    from PIL import Image
+
+    image = Image.open(photos["astronaut"]).convert("RGB")
+    scope = {"image": image}
+    exec(compile(python_block("visual_prompts.rectangle"), "README.md", "exec"), scope)
+    marked = scope["marked"]
+    assert marked.size == image.size and marked is not image
+    assert marked.getpixel((40, 150)) == (255, 0, 0)  # on the rectangle's left edge
+    assert image.getpixel((40, 150)) != (255, 0, 0)  # the input is untouched
+    assert "red rectangle" in scope["prompt"]

@@ -3,6 +3,7 @@ on Ray, append each finished batch, and show rows/s and an ETA on stderr."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -49,29 +50,46 @@ def run_job(model: str, input_path: str, output_path: str, *, prompt: str | None
             chat_template: str | None = None, max_new_tokens: int = 64, batch_size: int = 8,
             image_folder: str | None = None, dtype: str = "auto", device: str | None = None,
             ray_address: str | None = None, use_ray: bool = False, num_replicas: int = 1,
-            gpus_per_replica: float = 0.0, cpus_per_replica: float = 1.0, progress: bool = True) -> JobSummary:
-    """Answer every row of `input_path` not yet in `output_path`, appending one JSON line per row."""
+            gpus_per_replica: float = 0.0, cpus_per_replica: float = 1.0, progress: bool = True,
+            tensor_parallel: bool = False) -> JobSummary:
+    """Answer every row of `input_path` not yet in `output_path`, appending one JSON line per row.
+
+    `tensor_parallel`: this process is one rank of a torchrun group sharing one model; every rank runs the
+    same batches, and rank 0 alone reads and writes the results file and shows progress.
+    """
     from llavakit.batch.runner import DEFAULT_PROMPT
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     if Path(output_path).resolve() == Path(input_path).resolve():
         raise ValueError("--output must not be the input file")
+    if tensor_parallel and use_ray:
+        raise ValueError("--ray and --tensor-parallel-size exclude each other: on Ray, scale with --num-replicas")
     start = time.time()
+    main_rank = True
     rows = read_rows(input_path, image_folder)
-    done = done_ids(output_path)
+    if tensor_parallel:  # rank 0 reads (and repairs) the results file; the others take its list of done ids
+        from llavakit.distributed.setup import broadcast_object, init_distributed, rank
+
+        init_distributed()
+        main_rank = rank() == 0
+        done = broadcast_object(done_ids(output_path) if main_rank else None)
+    else:
+        done = done_ids(output_path)
     todo = [row for row in rows if row["id"] not in done]
     skipped = len(rows) - len(todo)
     engine_kwargs: dict[str, Any] = dict(model=model, prompt=prompt or DEFAULT_PROMPT, chat_template=chat_template,
-                                         max_new_tokens=max_new_tokens, dtype=dtype, device=device)
-    bar = Progress(len(todo), disabled=not progress)
+                                         max_new_tokens=max_new_tokens, dtype=dtype, device=device,
+                                         tensor_parallel=tensor_parallel)
+    bar = Progress(len(todo), disabled=not (progress and main_rank))
     if skipped:
         bar.note(f"resuming: {skipped} of {len(rows)} rows are already in {output_path}")
     written = errors = 0
-    with ResultWriter(output_path) as writer:
+    with ResultWriter(output_path) if main_rank else contextlib.nullcontext() as writer:
         for results in _batches(todo, engine_kwargs, batch_size, use_ray, ray_address, num_replicas,
                                 gpus_per_replica, cpus_per_replica):
-            writer.write(results)
+            if writer is not None:
+                writer.write(results)
             written += len(results)
             errors += sum(r["error"] is not None for r in results)
             bar.advance(len(results), errors)

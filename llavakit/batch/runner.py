@@ -22,14 +22,16 @@ class BatchEngine:
 
     def __init__(self, model: str, *, prompt: str = DEFAULT_PROMPT, chat_template: str | None = None,
                  max_new_tokens: int = 64, dtype: str = "auto", device: str | None = None,
-                 limits: MediaLimits | None = None) -> None:
+                 limits: MediaLimits | None = None, tensor_parallel: bool = False) -> None:
         from llavakit import AutoModelForImageTextToText, AutoProcessor
 
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # tensor_parallel: this rank's slice of the model, on its own device (inside torchrun)
+        placement = {"tp_plan": "auto"} if tensor_parallel else {"device_map": self.device}
         self.processor = AutoProcessor.from_pretrained(model)
-        self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype, device_map=self.device).eval()
+        self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype, **placement).eval()
         self.prompt, self.chat_template, self.max_new_tokens = prompt, chat_template, max_new_tokens
         self.limits = limits or MediaLimits()
 

@@ -35,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-replicas", type=int, default=1, help="Ray actors, each holding one model")
     p.add_argument("--gpus-per-replica", type=float, default=0.0)
     p.add_argument("--cpus-per-replica", type=float, default=1.0)
+    p.add_argument("--tensor-parallel-size", type=int, default=1,
+                   help="split the model over N processes (GPUs, or CPU with gloo); rank 0 writes the results")
     p.add_argument("--no-progress", action="store_true", help="do not print the progress line")
     p.set_defaults(run=run)
 
@@ -43,10 +45,22 @@ def run(args: argparse.Namespace) -> int:
     from llavakit.batch.job import run_job
     from llavakit.cli.generate import _read_template
 
+    tp = args.tensor_parallel_size
+    if tp != 1:
+        from llavakit.distributed import launch
+
+        launch.check_size(tp)
+        if args.ray is not None:
+            raise ValueError("--ray and --tensor-parallel-size exclude each other: on Ray, scale with --num-replicas")
+        if args.device is not None:
+            raise ValueError("--device and --tensor-parallel-size exclude each other: each rank uses its own GPU "
+                             "(cuda:LOCAL_RANK), or the CPU without CUDA")
+        if not launch.under_torchrun():
+            return launch.relaunch(args.argv, tp)
     summary = run_job(
         args.model, args.input, args.output, prompt=args.prompt, chat_template=_read_template(args.chat_template),
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, image_folder=args.image_folder,
         dtype=args.dtype, device=args.device, use_ray=args.ray is not None, ray_address=args.ray or None,
         num_replicas=args.num_replicas, gpus_per_replica=args.gpus_per_replica,
-        cpus_per_replica=args.cpus_per_replica, progress=not args.no_progress)
+        cpus_per_replica=args.cpus_per_replica, progress=not args.no_progress, tensor_parallel=tp > 1)
     return 0 if summary.written == 0 or summary.errors < summary.written else 1

@@ -53,11 +53,11 @@ def shared_seed(seed: int | None) -> int:
     """The seed every rank uses: the given one, or rank 0's random pick (ranks must sample alike)."""
     import torch.distributed as dist
 
+    from llavakit.distributed.setup import broadcast_object
+
     if seed is not None or not dist.is_initialized():
         return seed if seed is not None else int(torch.seed() % 2**63)
-    box = [int(torch.seed() % 2**63) if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return broadcast_object(int(torch.seed() % 2**63) if dist.get_rank() == 0 else None)
 
 
 def check_ranks_agree(tokens: torch.Tensor) -> None:

@@ -31,6 +31,13 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None)
     return device
 
 
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """Rank `src`'s `obj` on every rank (a picklable object; the others pass anything, e.g. None)."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def is_distributed() -> bool:
     """True inside an initialized process group of more than one rank."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

@@ -103,7 +103,14 @@ def describe(scene: Scene) -> str:
 
 
 def questions(scene: Scene) -> list[tuple[str, str]]:
-    """Every (question, answer) this scene supports."""
+    """Every (question, answer) this scene supports.
+
+    Positions are asked from position to content ("What shape is at the top left?") and given in the
+    description. The reverse ("Where is the red circle?") is left out: it needs the decoder to match words
+    against visual features inside attention, and the demo-sized model stays at chance on it within the
+    recipe's 30-minute CPU budget (tried: 4,000 steps on it alone, other learning rates, tied embeddings,
+    the question before the image).
+    """
     out = [("What is in the image?", describe(scene)),
            ("How many shapes are there?", COUNTS[len(scene.items)])]
     shapes = [i.shape for i in scene.items]
@@ -111,7 +118,6 @@ def questions(scene: Scene) -> list[tuple[str, str]]:
         position = POSITIONS[item.cell]
         out.append((f"What shape is at the {position}?", item.shape))
         out.append((f"What color is the shape at the {position}?", item.color))
-        out.append((f"Where is the {item.color} {item.shape}?", position))
         if shapes.count(item.shape) == 1:
             out.append((f"What color is the {item.shape}?", item.color))
         if scene.box_cell == item.cell:

@@ -20,7 +20,9 @@ def test_scenes_and_questions_are_consistent():
         qa = dict(synthetic.questions(scene))
         assert qa["How many shapes are there?"] == synthetic.COUNTS[len(scene.items)]
         for item in scene.items:
-            assert qa[f"Where is the {item.color} {item.shape}?"] == synthetic.POSITIONS[item.cell]
+            position = synthetic.POSITIONS[item.cell]
+            assert qa[f"What shape is at the {position}?"] == item.shape
+            assert qa[f"What color is the shape at the {position}?"] == item.color
         assert ("What shape is inside the red box?" in qa) == (scene.box_cell is not None)
 
 
