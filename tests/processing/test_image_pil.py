@@ -77,32 +77,3 @@ def test_geometry_helpers():
     assert as_rgb_pil(PIL.Image.new("L", (2, 2)), False) is None  # grey without conversion: numpy path
     rgba = PIL.Image.new("RGBA", (2, 2), (0, 0, 0, 0))
     assert as_rgb_pil(rgba, True).getpixel((0, 0)) == (255, 255, 255)  # transparent -> white
-
-
-@pytest.mark.parametrize("parts", [2, 3])
-def test_threaded_resize_is_pillows_resize(rgb_photos, monkeypatch, parts):
-    """Strips on `parts` threads, both pass orders, upscale and downscale, every filter: Pillow's pixels."""
-    from llavakit.processing import image_pil
-
-    monkeypatch.setattr(image_pil, "threads", lambda: parts)
-    assert image_pil._passes_match()
-    photo = rgb_photos["astronaut"]  # 512 x 512
-    sizes = [(384, 384), (336, 500), (500, 336), (200, 700), (700, 200), (1024, 900), (129, 257)]
-    assert {image_pil._vertical_first(512, 512, w, h) for w, h in sizes} == {True, False}
-    for width, height in sizes:
-        for resample in PIL.Image.Resampling:
-            if resample == PIL.Image.Resampling.NEAREST:
-                continue
-            ours = image_pil.resize_pil(photo, height, width, resample)
-            np.testing.assert_array_equal(np.asarray(ours), np.asarray(photo.resize((width, height), resample)))
-
-
-def test_threaded_lookup_equals_one_pass(rgb_photos, monkeypatch):
-    from llavakit.processing import image_pil
-
-    table = value_table(3, True, 1 / 255, True, [0.5, 0.4, 0.3], [0.2, 0.3, 0.4])
-    array = np.moveaxis(np.asarray(rgb_photos["astronaut"]), -1, 0)  # (3, 512, 512)
-    expected = normalize(rescale(array, 1 / 255), [0.5, 0.4, 0.3], [0.2, 0.3, 0.4])
-    for parts in (1, 2, 4):
-        monkeypatch.setattr(image_pil, "threads", lambda: parts)
-        np.testing.assert_array_equal(lookup(array, table), expected)
