@@ -51,4 +51,4 @@ def test_visual_prompts_example_draws_on_a_copy(photos):
     assert marked.size == image.size and marked is not image
     assert marked.getpixel((40, 150)) == (255, 0, 0)  # on the rectangle's left edge
     assert image.getpixel((40, 150)) != (255, 0, 0)  # the input is untouched
-    assert "red rectangle" in scope["prompt"]
+    assert "red rectangle" in scope["question"][0]["content"][1]["text"]

@@ -47,16 +47,13 @@ def run(args: argparse.Namespace) -> int:
 
     tp = args.tensor_parallel_size
     if tp != 1:
-        from llavakit.distributed import launch
+        from llavakit.distributed.launch import start_ranks
 
-        launch.check_size(tp)
         if args.ray is not None:
             raise ValueError("--ray and --tensor-parallel-size exclude each other: on Ray, scale with --num-replicas")
-        if args.device is not None:
-            raise ValueError("--device and --tensor-parallel-size exclude each other: each rank uses its own GPU "
-                             "(cuda:LOCAL_RANK), or the CPU without CUDA")
-        if not launch.under_torchrun():
-            return launch.relaunch(args.argv, tp)
+        exit_code = start_ranks(args.argv, tp, args.device)
+        if exit_code is not None:
+            return exit_code
     summary = run_job(
         args.model, args.input, args.output, prompt=args.prompt, chat_template=_read_template(args.chat_template),
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, image_folder=args.image_folder,

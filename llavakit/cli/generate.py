@@ -46,14 +46,11 @@ def run(args: argparse.Namespace) -> int:
 
     tp = args.tensor_parallel_size
     if tp != 1:
-        from llavakit.distributed import launch
+        from llavakit.distributed.launch import start_ranks
 
-        launch.check_size(tp)
-        if args.device is not None:
-            raise ValueError("--device and --tensor-parallel-size exclude each other: each rank uses its own GPU "
-                             "(cuda:LOCAL_RANK), or the CPU without CUDA")
-        if not launch.under_torchrun():
-            return launch.relaunch(args.argv, tp)
+        exit_code = start_ranks(args.argv, tp, args.device)
+        if exit_code is not None:
+            return exit_code
     main_rank = int(os.environ.get("RANK", "0")) == 0
     model_path, images = args.model, list(args.image)
     if model_path is None:

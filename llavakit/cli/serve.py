@@ -82,15 +82,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _tensor_parallel(args: argparse.Namespace) -> int | None:
     """Re-launch under torchrun, or (inside it) run a follower rank to the end; None on rank 0, which serves."""
-    from llavakit.distributed import launch
+    from llavakit.distributed.launch import start_ranks
     from llavakit.distributed.setup import init_distributed
 
-    launch.check_size(args.tensor_parallel_size)
-    if args.device is not None:
-        raise ValueError("--device and --tensor-parallel-size exclude each other: each rank uses its own GPU "
-                         "(cuda:LOCAL_RANK), or the CPU without CUDA")
-    if not launch.under_torchrun():
-        return launch.relaunch(args.argv, args.tensor_parallel_size)
+    exit_code = start_ranks(args.argv, args.tensor_parallel_size, args.device)
+    if exit_code is not None:
+        return exit_code
     init_distributed(timeout_s=30 * 24 * 3600)  # followers wait for rank 0 however long the server is idle
     if int(os.environ["RANK"]) == 0:
         return None

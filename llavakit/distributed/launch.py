@@ -31,6 +31,16 @@ def check_size(tensor_parallel_size: int) -> None:
                          f"{os.environ['WORLD_SIZE']} processes; make them equal")
 
 
+def start_ranks(argv: list[str], tensor_parallel_size: int, device: str | None) -> int | None:
+    """The CLI's --tensor-parallel-size: validate it, then re-run the command under torchrun and return its exit
+    code; inside torchrun, return None (this process is one rank and goes on)."""
+    check_size(tensor_parallel_size)
+    if device is not None:
+        raise ValueError("--device and --tensor-parallel-size exclude each other: each rank uses its own GPU "
+                         "(cuda:LOCAL_RANK), or the CPU without CUDA")
+    return None if under_torchrun() else relaunch(argv, tensor_parallel_size)
+
+
 def relaunch(argv: list[str], tensor_parallel_size: int) -> int:
     """Run `llavakit <argv>` under torchrun with `tensor_parallel_size` processes on this machine; its exit code."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",

@@ -3,10 +3,8 @@ greedy requests (batched together, joining and leaving mid-batch) get the answer
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -20,24 +18,17 @@ pytest.importorskip("fastapi")
 def test_two_rank_server_answers_like_one_process(tiny_llava_dir, photos):
     from tests.serving.conftest import data_url
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests.http import free_port, wait_until_healthy
+
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llavakit", "serve", str(tiny_llava_dir), "--port", str(port),
                              "--served-model-name", "tiny", "--max-batch-size", "4", "--tensor-parallel-size", "2"],
                             stderr=subprocess.PIPE, text=True)
     requests = [("What is this?", photos["chelsea"], 8), ("Describe it.", photos["rocket"], 5),
                 ("Hello there", None, 7), ("Colors?", photos["coffee"], 6)]
     try:
-        url, deadline = f"http://127.0.0.1:{port}", time.time() + 180
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, "the server did not come up"
-            time.sleep(0.3)
+        url = f"http://127.0.0.1:{port}"
+        wait_until_healthy(proc, url, timeout_s=180)
 
         def ask(request):
             prompt, image, n = request

@@ -4,7 +4,6 @@ greedy tokens must equal one process's. The ranks run once per session (one spaw
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,16 +12,11 @@ import torch.multiprocessing as mp
 from PIL import Image
 
 from llavakit import AutoModelForImageTextToText, AutoProcessor
+from tests.http import free_port
 from tests.models.test_interleave import build_interleave
 
 WORLD = 2
 PROMPTS = ["USER: <image>\nWhat is this? ASSISTANT:", "USER: <image>\nDescribe the photo in one sentence. ASSISTANT:"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_main(rank: int, port: int, jobs: dict[str, Path], out_dir: Path) -> None:
@@ -89,7 +83,7 @@ def sharded_results(checkpoints, photos, tmp_path_factory):
         processor = AutoProcessor.from_pretrained(folder)
         inputs = processor(images=images, text=PROMPTS, padding=True, padding_side="left", return_tensors="pt")
         torch.save(dict(inputs), out_dir / f"{name}-inputs.pt")
-    mp.spawn(_rank_main, args=(_free_port(), checkpoints, out_dir), nprocs=WORLD, join=True)
+    mp.spawn(_rank_main, args=(free_port(), checkpoints, out_dir), nprocs=WORLD, join=True)
     return torch.load(out_dir / "results.pt"), out_dir
 
 

@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 
 from llavakit.cli.main import main
+from tests.http import free_port, wait_until_healthy
 
 
 def test_serve_subprocess_answers(tiny_llava_dir):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llavakit", "serve", str(tiny_llava_dir), "--port", str(port),
                              "--served-model-name", "tiny", "--api-key", "k"], stderr=subprocess.PIPE, text=True)
     try:
-        url, deadline = f"http://127.0.0.1:{port}", time.time() + 60
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, "the server did not come up"
-            time.sleep(0.2)
+        url = f"http://127.0.0.1:{port}"
+        wait_until_healthy(proc, url, timeout_s=60)
         models = httpx.get(url + "/v1/models", headers={"Authorization": "Bearer k"}, timeout=10).json()
         assert [m["id"] for m in models["data"]] == ["tiny"]
     finally:
