@@ -14,6 +14,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from llavakit.distributed.setup import broadcast_object
 from llavakit.serving.engine import Engine, Prompt, Sequence
 
 
@@ -42,12 +43,10 @@ class _Channel:
         self.group = dist.new_group(backend="gloo")
 
     def send(self, message: Any) -> None:
-        dist.broadcast_object_list([message], src=0, group=self.group)
+        broadcast_object(message, group=self.group)
 
     def receive(self) -> Any:
-        box = [None]
-        dist.broadcast_object_list(box, src=0, group=self.group)
-        return box[0]
+        return broadcast_object(None, group=self.group)
 
 
 class LeaderEngine(Engine):

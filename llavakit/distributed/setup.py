@@ -31,10 +31,10 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None)
     return device
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
-    """Rank `src`'s `obj` on every rank (a picklable object; the others pass anything, e.g. None)."""
+def broadcast_object(obj: object, src: int = 0, group: dist.ProcessGroup | None = None) -> object:
+    """Rank `src`'s `obj` on every rank of `group` (a picklable object; the others pass anything, e.g. None)."""
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=src, group=group)
     return box[0]
 
 

@@ -33,14 +33,15 @@ class Placement:
     def is_split(self) -> bool:
         return self.single is None
 
-    def device_of(self, param_name: str) -> torch.device:
-        """The device of the unit holding this parameter (longest unit name that prefixes it)."""
-        name = param_name
-        while name:
-            if name in self.units:
-                return self.units[name]
+    def unit_of(self, name: str) -> str:
+        """The unit holding this parameter or module: the longest unit name that prefixes it ('' if none)."""
+        while name and name not in self.units:
             name = name.rpartition(".")[0]
-        return self.units[""]
+        return name
+
+    def device_of(self, param_name: str) -> torch.device:
+        """The device of the unit holding this parameter (KeyError when no unit, not even '', holds it)."""
+        return self.units[self.unit_of(param_name)]
 
     @property
     def hf_device_map(self) -> dict[str, int | str]:
@@ -87,7 +88,7 @@ def unit_sizes(model: nn.Module, units: list[str], dtype: torch.dtype) -> dict[s
         if id(param) in seen:
             continue
         seen.add(id(param))
-        unit = _unit_of(placement, name)
+        unit = placement.unit_of(name)
         size = dtype.itemsize if param.is_floating_point() else param.element_size()
         sizes[unit] += param.numel() * size
     return sizes
@@ -275,12 +276,6 @@ def _keep_tied_together(model: nn.Module, units: dict[str, torch.device],
                              f"device")
         units = {**units, head_name: units[embed_name]}
     return units
-
-
-def _unit_of(placement: Placement, name: str) -> str:
-    while name and name not in placement.units:
-        name = name.rpartition(".")[0]
-    return name
 
 
 def _public(device: torch.device) -> int | str:

@@ -18,7 +18,7 @@ from llavakit.config.base import PretrainedConfig, dtype_from_str
 from llavakit.loading import device_map as device_maps
 from llavakit.loading import keymaps
 from llavakit.loading.hub import CheckpointNotFoundError, read_json, resolve_file, resolve_optional
-from llavakit.models.layers import check_flash_attention
+from llavakit.models.layers import ATTN_IMPLEMENTATIONS, check_flash_attention
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,6 @@ SAFE_SINGLE = "model.safetensors"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 PICKLE_SINGLE = "pytorch_model.bin"
 HUB_KWARGS = ("revision", "local_files_only", "cache_dir", "token", "force_download", "subfolder")
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 # Arguments transformers users pass that need no action here: we never run code from a checkpoint,
 # and loading is always low-memory.
 ACCEPTED_NO_OP = ("trust_remote_code", "low_cpu_mem_usage", "use_safetensors_index", "offload_folder")
