@@ -229,3 +229,47 @@ def sparse_hub_config(full: dict) -> dict:
             sub.pop("head_dim", None)
         sparse[key] = sub
     return sparse
+
+
+# ---- video-capable families (model checkpoints only; the processor files come from the processor tests) ----
+TINY_SIGLIP = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                   num_attention_heads=4, image_size=28, patch_size=7, vision_use_head=False)
+VIDEO = 32002  # the <video> token id of the tiny video checkpoints (<image> 32000, <pad> 32001)
+# OneVision's 384-px canvases scaled to 28 px crops, up to 3x3: a 3x3 grid has 12x12 = 144 features, over
+# anyres_max_4's 64, so it takes the shrink path; a 1x2 grid (4x8 = 32) does not.
+ONEVISION_PINPOINTS = [[28 * h, 28 * w] for h in range(1, 4) for w in range(1, 4)]
+ONEVISION_ASPECT = "anyres_max_4"
+
+
+def build_tiny_llava_onevision(out_dir: Path, seed: int = 0, text_overrides: dict | None = None,
+                               **config_overrides) -> Path:
+    """A tiny random LlavaOnevisionForConditionalGeneration (SigLIP 28 px / patch 7, Qwen2), saved by transformers."""
+    import transformers
+
+    torch.manual_seed(seed)
+    text = dict(TINY_TEXT, model_type="qwen2", **(text_overrides or {}))
+    settings = dict(image_token_index=32000, video_token_index=VIDEO, pad_token_id=32001,
+                    image_grid_pinpoints=ONEVISION_PINPOINTS, vision_aspect_ratio=ONEVISION_ASPECT)
+    settings.update(config_overrides)
+    config = transformers.LlavaOnevisionConfig(vision_config=dict(TINY_SIGLIP), text_config=text, **settings)
+    model = transformers.LlavaOnevisionForConditionalGeneration(config).eval()
+    perturb_(model, seed)
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_llava_next_video(out_dir: Path, seed: int = 0, text_overrides: dict | None = None,
+                                **config_overrides) -> Path:
+    """A tiny random LlavaNextVideoForConditionalGeneration (CLIP 28 px / patch 7, Llama), saved by transformers."""
+    import transformers
+
+    torch.manual_seed(seed)
+    text = dict(TINY_TEXT, model_type="llama", **(text_overrides or {}))
+    settings = dict(image_token_index=32000, video_token_index=VIDEO, pad_token_id=32001,
+                    image_grid_pinpoints=NEXT_PINPOINTS)
+    settings.update(config_overrides)
+    config = transformers.LlavaNextVideoConfig(vision_config=dict(TINY_VISION), text_config=text, **settings)
+    model = transformers.LlavaNextVideoForConditionalGeneration(config).eval()
+    perturb_(model, seed)
+    model.save_pretrained(out_dir)
+    return out_dir

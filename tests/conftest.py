@@ -52,3 +52,15 @@ def tiny_llava_next_dir(tmp_path_factory, tokenizer_dir) -> Path:
 def tiny_vipllava_dir(tmp_path_factory, tiny_llava_dir) -> Path:
     """Tiny random ViP-LLaVA (10-layer CLIP for the default layer list) with the tiny LLaVA's processor files."""
     return assets.build_tiny_vipllava(tmp_path_factory.mktemp("tiny-vipllava"), tiny_llava_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_onevision_dir(tmp_path_factory) -> Path:
+    """Tiny random LLaVA-OneVision (SigLIP + Qwen2, 28 px crops up to 3x3, anyres_max_4), model files only."""
+    return assets.build_tiny_llava_onevision(tmp_path_factory.mktemp("tiny-llava-onevision"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_next_video_dir(tmp_path_factory) -> Path:
+    """Tiny random LLaVA-NeXT-Video (CLIP + Llama, average pooling stride 2), model files only."""
+    return assets.build_tiny_llava_next_video(tmp_path_factory.mktemp("tiny-llava-next-video"))

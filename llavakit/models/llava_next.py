@@ -30,6 +30,16 @@ def unpad_image(features: torch.Tensor, original_size: tuple[int, int] | torch.T
     return features[:, top:top + new_h, left:left + new_w]  # (C, new_h, new_w)
 
 
+def shrink_grid(features: torch.Tensor, max_features: int) -> torch.Tensor:
+    """Bilinearly shrink a (C, H, W) feature map whose H * W is over 1.21 x `max_features` to about that many."""
+    height, width = features.shape[1:]
+    ratio = math.sqrt(height * width / max_features)
+    if ratio <= 1.1:
+        return features
+    size = [int(height // ratio), int(width // ratio)]
+    return nn.functional.interpolate(features[None], size, mode="bilinear")[0]  # (C, h', w')
+
+
 class _PackedImages(NamedTuple):
     """All images' packed features, handed to LLaVA's forward in place of pixel_values: its merge passes them
     to `_features_for_merge` untouched, so NeXT reuses the merge without LLaVA knowing about image_sizes."""
@@ -59,6 +69,13 @@ class _LlavaNextImageMixin:
         sizes = self._image_sizes(pixel_values, image_sizes)
         crop = self.config.vision_config.image_size
         counts = [image_size_to_num_patches(size, self.config.image_grid_pinpoints, crop) for size in sizes]
+        pixel_values = self._select_crops(pixel_values, sizes, counts)  # (sum(counts), 3, S, S)
+        features = super().get_image_features(pixel_values, vision_feature_layer,
+                                              vision_feature_select_strategy)  # (sum(counts), P, Ht)
+        return [self._pack(f, size) for f, size in zip(features.split(counts), sizes)]
+
+    def _select_crops(self, pixel_values: torch.Tensor, sizes: list[tuple], counts: list[int]) -> torch.Tensor:
+        """The `counts[i]` real crops of each image, concatenated: (sum(counts), 3, S, S)."""
         if pixel_values.ndim == 5:
             if max(counts) > pixel_values.shape[1]:
                 raise ValueError(
@@ -69,9 +86,7 @@ class _LlavaNextImageMixin:
         elif pixel_values.shape[0] != sum(counts):
             raise ValueError(f"pixel_values has {pixel_values.shape[0]} crops, but image_sizes {sizes} need "
                              f"{counts} = {sum(counts)} with image_grid_pinpoints {self.config.image_grid_pinpoints}")
-        features = super().get_image_features(pixel_values, vision_feature_layer,
-                                              vision_feature_select_strategy)  # (sum(counts), P, Ht)
-        return [self._pack(f, size) for f, size in zip(features.split(counts), sizes)]
+        return pixel_values
 
     def _image_sizes(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | list | None) -> list[tuple]:
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim not in (4, 5):
@@ -87,8 +102,12 @@ class _LlavaNextImageMixin:
                              f"{len(sizes)} sizes")
         return sizes
 
-    def _pack(self, features: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-        """One image's (crops, P, Ht) features -> (base tokens + rows * (cols + 1), Ht), newline after each row."""
+    def _pack(self, features: torch.Tensor, image_size: tuple[int, int], max_tiles: int | None = None) -> torch.Tensor:
+        """One image's (crops, P, Ht) features -> (base tokens + rows * (cols + 1), Ht), newline after each row.
+
+        With `max_tiles` (OneVision's anyres_max_N), an unpadded grid holding more than about N crops' worth of
+        features is first shrunk (bilinear, aspect kept) to N crops' worth.
+        """
         newline = self.image_newline.to(features.device, features.dtype)  # (Ht,)
         if features.shape[0] == 1:
             return torch.cat([features[0], newline[None]])  # (P + 1, Ht)
@@ -107,6 +126,8 @@ class _LlavaNextImageMixin:
         grid = features[1:].view(rows, cols, side, side, hidden)  # (rows, cols, side, side, Ht)
         grid = grid.permute(4, 0, 2, 1, 3).reshape(hidden, rows * side, cols * side)  # (Ht, rows*side, cols*side)
         grid = unpad_image(grid, image_size)  # (Ht, h, w)
+        if max_tiles is not None:
+            grid = shrink_grid(grid, max_tiles * side * side)  # (Ht, h', w')
         grid = torch.cat([grid, newline[:, None, None].expand(hidden, grid.shape[1], 1)], dim=-1)  # (Ht, h, w + 1)
         return torch.cat([features[0], grid.flatten(1).t()])  # (P + h * (w + 1), Ht)
 
