@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import re
 import urllib.request
 from typing import Any, Callable
 
@@ -102,11 +103,14 @@ def _read_pyav(file: str | io.BytesIO, source: Any, pick: Callable[[VideoMetadat
         rate = stream.average_rate
         metadata = VideoMetadata(total_num_frames=int(stream.frames), fps=float(rate) if rate else None,
                                  width=stream.width, height=stream.height, video_backend="pyav")
-        if metadata.total_num_frames < 1:  # no frame count in the header: count by decoding
+        if metadata.total_num_frames < 1:  # no frame count in the header: count by decoding, then start over
             metadata.total_num_frames = sum(1 for _ in _decode_pyav(container, source))
-            container.seek(0)
-        if metadata.total_num_frames < 1:
-            raise ValueError(f"{_describe(source)} has a video stream with zero frames")
+            if metadata.total_num_frames < 1:
+                raise ValueError(f"{_describe(source)} has a video stream with zero frames")
+            container.close()
+            if isinstance(file, io.BytesIO):
+                file.seek(0)
+            container = av.open(file)
         if metadata.fps:
             metadata.duration = metadata.total_num_frames / metadata.fps
         indices = pick(metadata)
@@ -131,7 +135,7 @@ def _decode_pyav(container: Any, source: Any):
     try:
         yield from container.decode(video=0)
     except av.error.FFmpegError as err:
-        raise ValueError(f"cannot decode {_describe(source)}: the video data is corrupt ({err})") from None
+        raise ValueError(f"{_describe(source)} is truncated or corrupt: its frames cannot be decoded ({err})") from None
 
 
 def _read_torchcodec(file: str | io.BytesIO, source: Any, pick: Callable[[VideoMetadata], np.ndarray]
@@ -144,8 +148,8 @@ def _read_torchcodec(file: str | io.BytesIO, source: Any, pick: Callable[[VideoM
         decoder = VideoDecoder(file.getvalue() if isinstance(file, io.BytesIO) else file, seek_mode="exact",
                                num_ffmpeg_threads=0)
     except (RuntimeError, ValueError) as err:
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if "stream" in message.lower() and "video" in message.lower():
+        message = _torchcodec_message(err)
+        if "best video stream is unknown" in message:
             raise ValueError(f"{_describe(source)} has no video stream") from None
         raise ValueError(f"cannot open {_describe(source)} as a video: {message}") from None
     info = decoder.metadata
@@ -153,13 +157,23 @@ def _read_torchcodec(file: str | io.BytesIO, source: Any, pick: Callable[[VideoM
                              height=info.height, duration=info.duration_seconds, video_backend="torchcodec")
     if metadata.total_num_frames < 1:
         raise ValueError(f"{_describe(source)} has a video stream with zero frames")
+    promised = info.num_frames_from_header
+    if promised and metadata.total_num_frames < promised:
+        raise ValueError(f"{_describe(source)} is truncated or corrupt: its header promises {promised} frames but "
+                         f"only {metadata.total_num_frames} are in the file")
     indices = pick(metadata)
     try:
         frames = decoder.get_frames_at(indices=[int(i) for i in indices]).data  # (T, 3, H, W) uint8
     except (RuntimeError, IndexError) as err:
-        raise ValueError(f"{_describe(source)} is truncated or corrupt: {str(err).splitlines()[0]}") from None
+        raise ValueError(f"{_describe(source)} is truncated or corrupt: {_torchcodec_message(err)}") from None
     metadata.frames_indices = [int(i) for i in indices]
     return frames.permute(0, 2, 3, 1).contiguous().numpy(), metadata
+
+
+def _torchcodec_message(err: Exception) -> str:
+    """torchcodec's first error line without its C++ source location."""
+    line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return re.sub(r"^\w+, \S+\.cpp:\d+, ", "", line)
 
 
 def default_backend() -> str:
