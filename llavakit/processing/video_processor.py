@@ -145,7 +145,7 @@ class VideoProcessor:
                  rescale_factor: float = 1 / 255, do_normalize: bool = True,
                  image_mean: Sequence[float] | float | None = None, image_std: Sequence[float] | float | None = None,
                  do_convert_rgb: bool = True, do_sample_frames: bool = False, num_frames: int | None = None,
-                 fps: float | None = None, **extra: Any):
+                 fps: float | None = None, return_metadata: bool = False, **extra: Any):
         defaults = self.defaults
         self.do_resize = do_resize
         self.size = size_dict(size if size is not None else defaults["size"], default_to_square=False)
@@ -164,6 +164,7 @@ class VideoProcessor:
         self.do_sample_frames = do_sample_frames
         self.num_frames = num_frames
         self.fps = fps
+        self.return_metadata = return_metadata
         for key in ("video_processor_type", "image_processor_type", "processor_class"):
             extra.pop(key, None)
         self._extra = extra  # unknown config keys, kept so that save_pretrained writes them back
@@ -217,7 +218,7 @@ class VideoProcessor:
                    image_mean: Sequence[float] | float | None = None, image_std: Sequence[float] | float | None = None,
                    do_convert_rgb: bool | None = None, do_sample_frames: bool | None = None,
                    num_frames: int | None = None, fps: float | None = None, video_metadata: Any = None,
-                   return_metadata: bool = False, return_tensors: str | None = None,
+                   return_metadata: bool | None = None, return_tensors: str | None = None,
                    input_data_format: str | None = None, data_format: str = "channels_first",
                    device: str | torch.device | None = None) -> BatchFeature:
         """Videos -> BatchFeature(pixel_values_videos): (B, T, 3, H, W) with return_tensors, else a list."""
@@ -226,6 +227,7 @@ class VideoProcessor:
         do_rescale, do_normalize = pick(do_rescale, self.do_rescale), pick(do_normalize, self.do_normalize)
         do_convert_rgb = pick(do_convert_rgb, self.do_convert_rgb)
         do_sample_frames = pick(do_sample_frames, self.do_sample_frames)
+        return_metadata = pick(return_metadata, self.return_metadata)
         size = size_dict(pick(size, self.size), default_to_square=False)
         crop_size = pick(crop_size, self.crop_size)
         resample, rescale_factor = pick(resample, self.resample), pick(rescale_factor, self.rescale_factor)
@@ -274,7 +276,7 @@ class VideoProcessor:
             "do_normalize": self.do_normalize, "do_rescale": self.do_rescale, "do_resize": self.do_resize,
             "do_sample_frames": self.do_sample_frames, "fps": self.fps, "image_mean": self.image_mean,
             "image_std": self.image_std, "num_frames": self.num_frames, "resample": self.resample,
-            "rescale_factor": self.rescale_factor, "size": dict(self.size),
+            "rescale_factor": self.rescale_factor, "return_metadata": self.return_metadata, "size": dict(self.size),
             "video_processor_type": type(self).__name__,
         })
         return {k: v for k, v in out.items() if v is not None}  # transformers leaves unset keys out
@@ -304,7 +306,7 @@ class VideoProcessor:
 class LlavaOnevisionVideoProcessor(VideoProcessor):
     """OneVision's frames: resized straight to 384 x 384, no crop, CLIP mean/std."""
 
-    defaults = dict(size={"height": 384, "width": 384}, crop_size=None, do_center_crop=False)
+    defaults = dict(size={"height": 384, "width": 384}, crop_size=None, do_center_crop=None)
 
 
 class LlavaNextVideoVideoProcessor(VideoProcessor):
