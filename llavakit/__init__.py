@@ -99,6 +99,13 @@ _EXPORTS = {
     "LlavaNextProcessor": "llavakit.processing.llava_next",
     "AutoProcessor": "llavakit.processing.auto",
     "AutoImageProcessor": "llavakit.processing.auto",
+    "AutoVideoProcessor": "llavakit.processing.auto",
+    "LlavaOnevisionImageProcessor": "llavakit.processing.image_onevision",
+    "LlavaOnevisionVideoProcessor": "llavakit.processing.video_processor",
+    "LlavaNextVideoVideoProcessor": "llavakit.processing.video_processor",
+    "LlavaOnevisionProcessor": "llavakit.processing.llava_onevision",
+    "LlavaNextVideoProcessor": "llavakit.processing.llava_next_video",
+    "load_video": "llavakit.processing.video",
     # generation
     "GenerationConfig": "llavakit.generation.config",
     "TextIteratorStreamer": "llavakit.generation.streamer",

@@ -378,9 +378,9 @@ class GenerationMixin:
             while True:
                 if step_inputs is not None:  # the prefill, or any step of the eager path
                     outputs = self(**step_inputs, attention_mask=_to(mask, device), use_cache=use_cache,
-                                   past_key_values=cache, return_dict=True, **keep)
+                                   cache=cache, return_dict=True, **keep)
                     self._remember_features(reuse, step_inputs, outputs)
-                    cache = outputs.past_key_values if use_cache else None
+                    cache = outputs.cache if use_cache else None
                     logits = outputs.logits[:, -1, :]  # (B, V)
                     del outputs
                     if step is not None:  # decode continues in the fixed-shape step

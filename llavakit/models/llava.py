@@ -15,6 +15,7 @@ from llavakit.config.llava import LlavaConfig
 from llavakit.config.qwen2 import Qwen2Config
 from llavakit.config.siglip import SiglipVisionConfig
 from llavakit.generation.utils import GenerationMixin
+from llavakit.deprecation import accepts_renamed_kwargs
 from llavakit.models.base import PreTrainedModel
 from llavakit.models.cache import DynamicCache
 from llavakit.models.clip import CLIPVisionModel
@@ -158,9 +159,10 @@ class LlavaModel(_LlavaImageMixin, PreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.language_model.embed_tokens = value
 
+    @accepts_renamed_kwargs
     def forward(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.LongTensor | None = None,
-                past_key_values: DynamicCache | None = None, inputs_embeds: torch.Tensor | None = None,
+                cache: DynamicCache | None = None, inputs_embeds: torch.Tensor | None = None,
                 vision_feature_layer: int | list[int] | None = None,
                 vision_feature_select_strategy: str | None = None, use_cache: bool | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
@@ -171,10 +173,10 @@ class LlavaModel(_LlavaImageMixin, PreTrainedModel):
         embeds, features = self._merge_image_features(input_ids, pixel_values, inputs_embeds, vision_feature_layer,
                                                        vision_feature_select_strategy)
         out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                  past_key_values=past_key_values, use_cache=use_cache,
+                                  cache=cache, use_cache=use_cache,
                                   output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         result = LlavaModelOutputWithPast(last_hidden_state=out.last_hidden_state,
-                                          past_key_values=out.past_key_values, hidden_states=out.hidden_states,
+                                          cache=out.cache, hidden_states=out.hidden_states,
                                           attentions=out.attentions, image_hidden_states=features)
         return result if return_dict is not False else result.to_tuple()
 
@@ -210,9 +212,10 @@ class LlavaForConditionalGeneration(_LlavaImageMixin, PreTrainedModel, Generatio
     def get_decoder(self) -> LlamaModel:
         return self.language_model.model
 
+    @accepts_renamed_kwargs
     def forward(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.LongTensor | None = None,
-                past_key_values: DynamicCache | None = None, inputs_embeds: torch.Tensor | None = None,
+                cache: DynamicCache | None = None, inputs_embeds: torch.Tensor | None = None,
                 vision_feature_layer: int | list[int] | None = None,
                 vision_feature_select_strategy: str | None = None, labels: torch.LongTensor | None = None,
                 use_cache: bool | None = None, output_attentions: bool | None = None,
@@ -226,11 +229,11 @@ class LlavaForConditionalGeneration(_LlavaImageMixin, PreTrainedModel, Generatio
         embeds, features = self._merge_image_features(input_ids, pixel_values, inputs_embeds, vision_feature_layer,
                                                        vision_feature_select_strategy)
         out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                  past_key_values=past_key_values, labels=labels, use_cache=use_cache,
+                                  cache=cache, labels=labels, use_cache=use_cache,
                                   output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                                   logits_to_keep=logits_to_keep, num_logits_to_keep=num_logits_to_keep,
                                   num_items_in_batch=num_items_in_batch)
-        result = LlavaCausalLMOutputWithPast(loss=out.loss, logits=out.logits, past_key_values=out.past_key_values,
+        result = LlavaCausalLMOutputWithPast(loss=out.loss, logits=out.logits, cache=out.cache,
                                              hidden_states=out.hidden_states, attentions=out.attentions,
                                              image_hidden_states=features)
         return result if return_dict is not False else result.to_tuple()

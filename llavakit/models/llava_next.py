@@ -16,6 +16,7 @@ from torch import nn
 
 from llavakit.anyres import as_size, get_anyres_image_grid_shape, image_size_to_num_patches, unpadded_size
 from llavakit.config.llava_next import LlavaNextConfig
+from llavakit.deprecation import accepts_renamed_kwargs
 from llavakit.models.cache import DynamicCache
 from llavakit.models.llava import LlavaForConditionalGeneration, LlavaModel
 from llavakit.models.outputs import LlavaCausalLMOutputWithPast, LlavaModelOutputWithPast
@@ -171,9 +172,10 @@ class LlavaNextModel(_LlavaNextImageMixin, LlavaModel):
         super().__init__(config)
         self._add_image_newline()
 
+    @accepts_renamed_kwargs
     def forward(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.Tensor | None = None,
                 image_sizes: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, past_key_values: DynamicCache | None = None,
+                position_ids: torch.LongTensor | None = None, cache: DynamicCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, vision_feature_layer: int | list[int] | None = None,
                 vision_feature_select_strategy: str | None = None, use_cache: bool | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
@@ -184,7 +186,7 @@ class LlavaNextModel(_LlavaNextImageMixin, LlavaModel):
                                    vision_feature_select_strategy)
         return super().forward(
             input_ids=input_ids, pixel_values=packed, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+            cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=return_dict,
             cache_position=cache_position)
 
@@ -206,9 +208,10 @@ class LlavaNextForConditionalGeneration(_LlavaNextImageMixin, LlavaForConditiona
         if self.config.tie_word_embeddings:
             self.get_output_embeddings().weight = self.get_input_embeddings().weight
 
+    @accepts_renamed_kwargs
     def forward(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.Tensor | None = None,
                 image_sizes: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, past_key_values: DynamicCache | None = None,
+                position_ids: torch.LongTensor | None = None, cache: DynamicCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, vision_feature_layer: int | list[int] | None = None,
                 vision_feature_select_strategy: str | None = None, labels: torch.LongTensor | None = None,
                 use_cache: bool | None = None, output_attentions: bool | None = None,
@@ -222,7 +225,7 @@ class LlavaNextForConditionalGeneration(_LlavaNextImageMixin, LlavaForConditiona
                                    vision_feature_select_strategy)
         return super().forward(
             input_ids=input_ids, pixel_values=packed, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
+            cache=cache, inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=return_dict,
             logits_to_keep=logits_to_keep, num_logits_to_keep=num_logits_to_keep, cache_position=cache_position,
             num_items_in_batch=num_items_in_batch)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from llavakit.config.vipllava import VipLlavaConfig
+from llavakit.deprecation import accepts_renamed_kwargs
 from llavakit.models.cache import DynamicCache
 from llavakit.models.layers import activation
 from llavakit.models.llava import LlavaForConditionalGeneration, LlavaModel
@@ -89,9 +90,10 @@ class VipLlavaModel(_VipLlavaImageMixin, LlavaModel):
     config_class = VipLlavaConfig
     projector_class = VipLlavaMultiModalProjector
 
+    @accepts_renamed_kwargs
     def forward(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.LongTensor | None = None,
-                past_key_values: DynamicCache | None = None, inputs_embeds: torch.Tensor | None = None,
+                cache: DynamicCache | None = None, inputs_embeds: torch.Tensor | None = None,
                 vision_feature_layers: int | list[int] | None = None, use_cache: bool | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, cache_position: torch.Tensor | None = None,
@@ -100,7 +102,7 @@ class VipLlavaModel(_VipLlavaImageMixin, LlavaModel):
         """As LlavaModel.forward; the layer list may be given as `vision_feature_layers` or `vision_feature_layer`."""
         out = super().forward(
             input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
-            position_ids=position_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+            position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds,
             vision_feature_layer=_one_layer_list(vision_feature_layers, vision_feature_layer), use_cache=use_cache,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
             cache_position=cache_position, image_sizes=image_sizes)
@@ -113,9 +115,10 @@ class VipLlavaForConditionalGeneration(_VipLlavaImageMixin, LlavaForConditionalG
     config_class = VipLlavaConfig
     projector_class = VipLlavaMultiModalProjector
 
+    @accepts_renamed_kwargs
     def forward(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.LongTensor | None = None,
-                past_key_values: DynamicCache | None = None, inputs_embeds: torch.Tensor | None = None,
+                cache: DynamicCache | None = None, inputs_embeds: torch.Tensor | None = None,
                 vision_feature_layers: int | list[int] | None = None, labels: torch.LongTensor | None = None,
                 use_cache: bool | None = None, output_attentions: bool | None = None,
                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
@@ -127,7 +130,7 @@ class VipLlavaForConditionalGeneration(_VipLlavaImageMixin, LlavaForConditionalG
         or `vision_feature_layer`."""
         out = super().forward(
             input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
-            position_ids=position_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+            position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds,
             vision_feature_layer=_one_layer_list(vision_feature_layers, vision_feature_layer), labels=labels,
             use_cache=use_cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             return_dict=True, logits_to_keep=logits_to_keep, num_logits_to_keep=num_logits_to_keep,

@@ -137,9 +137,9 @@ def test_kv_cache_decode_matches_full_forward(pair):
         steps = [out.logits]
         for t in range(prefill, ids.shape[1]):  # decode steps: no pixel_values, as generate() does
             out = ours(input_ids=ids[:, t:t + 1], attention_mask=mask[:, :t + 1], position_ids=pos[:, t:t + 1],
-                       past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+                       cache=out.cache, use_cache=True, logits_to_keep=1)
             steps.append(out.logits)
-    assert isinstance(out.past_key_values, DynamicCache)
+    assert isinstance(out.cache, DynamicCache)
     assert_close(torch.cat(steps, dim=1), full[:, prefill - 1:])
 
 
