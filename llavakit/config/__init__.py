@@ -13,4 +13,5 @@ from llavakit.config.llava_onevision import LlavaOnevisionConfig
 from llavakit.config.vipllava import VipLlavaConfig
 
 __all__ = ["AutoConfig", "PretrainedConfig", "CLIPVisionConfig", "LlamaConfig", "MistralConfig", "LlavaConfig",
-           "LlavaNextConfig", "LlavaOnevisionConfig", "LlavaNextVideoConfig", "VipLlavaConfig", "Qwen2Config", "SiglipVisionConfig"]
+           "LlavaNextConfig", "LlavaOnevisionConfig", "LlavaNextVideoConfig", "VipLlavaConfig", "Qwen2Config",
+           "SiglipVisionConfig"]

@@ -20,6 +20,7 @@ from torch import nn
 
 from llavakit.anyres import image_size_to_num_patches
 from llavakit.config.llava_onevision import LlavaOnevisionConfig, max_tiles
+from llavakit.deprecation import accepts_renamed_kwargs
 from llavakit.models.cache import DynamicCache
 from llavakit.models.llava import _LlavaImageMixin
 from llavakit.models.llava_next import LlavaNextForConditionalGeneration, LlavaNextModel
@@ -111,22 +112,23 @@ class LlavaOnevisionModel(_LlavaOnevisionMixin, LlavaNextModel):
 
     config_class = LlavaOnevisionConfig
 
+    @accepts_renamed_kwargs
     def forward(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.Tensor | None = None,
                 image_sizes: torch.Tensor | None = None, pixel_values_videos: torch.Tensor | None = None,
                 image_sizes_videos: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, past_key_values: DynamicCache | None = None,
+                position_ids: torch.LongTensor | None = None, cache: DynamicCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, vision_feature_layer: int | list[int] | None = None,
                 vision_feature_select_strategy: str | None = None, vision_aspect_ratio: str | None = None,
                 batch_num_images: torch.Tensor | None = None, use_cache: bool | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, cache_position: torch.Tensor | None = None,
-                cache: DynamicCache | None = None) -> VideoLlavaModelOutputWithPast | tuple:
+                ) -> VideoLlavaModelOutputWithPast | tuple:
         """Merge image and video features into the embeddings and run the decoder. `image_sizes_videos` and
         `cache_position` are accepted for compatibility and ignored, as in transformers."""
         images, videos = self._media_features(input_ids, inputs_embeds, pixel_values, image_sizes,
                                               pixel_values_videos, vision_feature_layer,
                                               vision_feature_select_strategy, vision_aspect_ratio, batch_num_images)
-        return self._forward_media(input_ids, inputs_embeds, images, videos, past_key_values, cache, return_dict,
+        return self._forward_media(input_ids, inputs_embeds, images, videos, cache, return_dict,
                                    attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache,
                                    output_attentions=output_attentions, output_hidden_states=output_hidden_states)
 
@@ -136,10 +138,11 @@ class LlavaOnevisionForConditionalGeneration(_LlavaOnevisionMixin, LlavaNextForC
 
     config_class = LlavaOnevisionConfig
 
+    @accepts_renamed_kwargs
     def forward(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.Tensor | None = None,
                 image_sizes: torch.Tensor | None = None, pixel_values_videos: torch.Tensor | None = None,
                 image_sizes_videos: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, past_key_values: DynamicCache | None = None,
+                position_ids: torch.LongTensor | None = None, cache: DynamicCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, vision_feature_layer: int | list[int] | None = None,
                 vision_feature_select_strategy: str | None = None, vision_aspect_ratio: str | None = None,
                 batch_num_images: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
@@ -147,14 +150,14 @@ class LlavaOnevisionForConditionalGeneration(_LlavaOnevisionMixin, LlavaNextForC
                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
                 logits_to_keep: int | torch.Tensor = 0, num_logits_to_keep: int | None = None,
                 cache_position: torch.Tensor | None = None, num_items_in_batch: int | torch.Tensor | None = None,
-                cache: DynamicCache | None = None) -> VideoLlavaCausalLMOutputWithPast | tuple:
+                ) -> VideoLlavaCausalLMOutputWithPast | tuple:
         """Logits for the kept positions and the LM loss when `labels` are given (mask `<image>`, `<video>` and
         pad positions with -100 yourself). `image_hidden_states` are all images' packed features (tokens, Ht),
         `video_hidden_states` each video's features (num_videos, tokens, Ht)."""
         images, videos = self._media_features(input_ids, inputs_embeds, pixel_values, image_sizes,
                                               pixel_values_videos, vision_feature_layer,
                                               vision_feature_select_strategy, vision_aspect_ratio, batch_num_images)
-        return self._forward_media(input_ids, inputs_embeds, images, videos, past_key_values, cache, return_dict,
+        return self._forward_media(input_ids, inputs_embeds, images, videos, cache, return_dict,
                                    attention_mask=attention_mask, position_ids=position_ids, labels=labels,
                                    use_cache=use_cache, output_attentions=output_attentions,
                                    output_hidden_states=output_hidden_states, logits_to_keep=logits_to_keep,

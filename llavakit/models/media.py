@@ -5,17 +5,15 @@ decoder. Each family supplies `_image_and_video_features`; the decoder is LLaVA'
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from llavakit.models.cache import DynamicCache
 from llavakit.models.llava import SELECT_STRATEGIES
 from llavakit.models.llama import check_token_ids
-from llavakit.models.outputs import LlavaCausalLMOutputWithPast, LlavaModelOutputWithPast
+from llavakit.models.outputs import LlavaCausalLMOutputWithPast, LlavaModelOutputWithPast, model_output
 
 
-@dataclasses.dataclass
+@model_output
 class VideoLlavaModelOutputWithPast(LlavaModelOutputWithPast):
     """`image_hidden_states` (total_image_tokens, Ht) as in LLaVA-NeXT; `video_hidden_states` the projected
     features of each video, (num_videos, tokens_per_video, Ht)."""
@@ -23,7 +21,7 @@ class VideoLlavaModelOutputWithPast(LlavaModelOutputWithPast):
     video_hidden_states: torch.Tensor | None = None
 
 
-@dataclasses.dataclass
+@model_output
 class VideoLlavaCausalLMOutputWithPast(LlavaCausalLMOutputWithPast):
     """`image_hidden_states` (total_image_tokens, Ht) as in LLaVA-NeXT; `video_hidden_states` the projected
     features of each video, (num_videos, tokens_per_video, Ht)."""
@@ -101,7 +99,7 @@ class _VideoLlavaMixin:
 
     def _forward_media(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None,
                        images: list[torch.Tensor] | None, videos: torch.Tensor | None,
-                       past_key_values: DynamicCache | None, cache: DynamicCache | None, return_dict: bool | None,
+                       cache: DynamicCache | None, return_dict: bool | None,
                        **decoder_kwargs) -> VideoLlavaModelOutputWithPast | VideoLlavaCausalLMOutputWithPast | tuple:
         """Merge the per-image packed features and the (num_videos, tokens, Ht) video features, run the decoder
         (with the LM head and loss when the model has one) and build the output."""
@@ -109,9 +107,8 @@ class _VideoLlavaMixin:
         video_features = videos.flatten(0, 1) if videos is not None else None  # (total_video_tokens, Ht)
         embeds = self._merge_media(input_ids, inputs_embeds, image_features, video_features,
                                    len(images or ()), 0 if videos is None else videos.shape[0])
-        out = self.language_model(inputs_embeds=embeds, past_key_values=cache if cache is not None else
-                                  past_key_values, **decoder_kwargs)
-        shared = dict(past_key_values=out.past_key_values, hidden_states=out.hidden_states,
+        out = self.language_model(inputs_embeds=embeds, cache=cache, **decoder_kwargs)
+        shared = dict(cache=out.cache, hidden_states=out.hidden_states,
                       attentions=out.attentions, image_hidden_states=image_features, video_hidden_states=videos)
         if hasattr(out, "logits"):
             result = VideoLlavaCausalLMOutputWithPast(loss=out.loss, logits=out.logits, **shared)

@@ -225,8 +225,9 @@ def test_both_weight_layouts_load(tmp_path, layout):
     state = {k: v.contiguous() for k, v in hf.state_dict().items()}
     assert "model.vision_resampler.pool.weight" in state
     if layout == "hub":
-        rules = [("model.language_model.", "language_model.model."), ("model.vision_tower.", "vision_tower.vision_model."),
-                 ("model.", ""), ("lm_head.", "language_model.lm_head.")]
+        rules = [("model.language_model.", "language_model.model."),
+                 ("model.vision_tower.", "vision_tower.vision_model."), ("model.", ""),
+                 ("lm_head.", "language_model.lm_head.")]
         state = {next(new + k[len(old):] for old, new in rules + [("", "")] if k.startswith(old)): v
                  for k, v in state.items()}
         assert "vision_resampler.pool.weight" in state and "language_model.model.norm.weight" in state

@@ -384,3 +384,20 @@ def test_a_video_for_a_model_without_video_support_is_a_clear_error(tiny_llava_d
     model = LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir)
     with pytest.raises(ValueError, match=r"pixel_values_videos"):
         model.generate(input_ids=torch.tensor([[1, 400]]), pixel_values_videos=videos(1), max_new_tokens=2)
+
+
+def test_cache_argument_and_its_deprecated_name(pair):
+    """`cache=` (transformers 5.24+) continues a prompt; `past_key_values=` still works with a FutureWarning."""
+    _, ours = pair
+    clip = videos(1, frames=2)
+    ids = torch.tensor([prompt([2, ("video", 9), 3])])
+    with torch.no_grad():
+        full = ours(input_ids=ids, pixel_values_videos=clip).logits
+        first = ours(input_ids=ids[:, :-1], pixel_values_videos=clip, use_cache=True)
+        step = ours(input_ids=ids[:, -1:], cache=first.cache, position_ids=torch.tensor([[ids.shape[1] - 1]]))
+        assert_close(step.logits[:, -1], full[:, -1])
+        first = ours(input_ids=ids[:, :-1], pixel_values_videos=clip, use_cache=True)
+        with pytest.warns(FutureWarning, match="past_key_values"):
+            old = ours(input_ids=ids[:, -1:], past_key_values=first.cache,
+                       position_ids=torch.tensor([[ids.shape[1] - 1]]))
+    assert_close(old.logits, step.logits)
