@@ -57,8 +57,22 @@ def image_features(out: Any) -> torch.Tensor | None:
     return torch.cat(list(features)) if isinstance(features, (list, tuple)) else features
 
 
+
+def video_features(out: Any) -> torch.Tensor | None:
+    """All videos' projected features of a forward output as one flat vector (total_video_tokens * H,).
+
+    From 5.24 (and in llavakit) they are `out.video_outputs.pooler_output`, (num_videos, tokens, H); 5.23 gave
+    `video_hidden_states`, which NeXT-Video had already flattened, so the flat layout is the common one.
+    """
+    if is_transformers(out) and not IMAGE_OUTPUTS:
+        features = out.video_hidden_states
+    else:
+        features = None if out.video_outputs is None else out.video_outputs.pooler_output
+    return None if features is None else features.reshape(-1)
+
 # output keys transformers 5.23 used, by their 5.24+ (and llavakit) names
-_NEW_KEYS = {"past_key_values": "cache", "image_hidden_states": "image_outputs"}
+_NEW_KEYS = {"past_key_values": "cache", "image_hidden_states": "image_outputs",
+             "video_hidden_states": "video_outputs"}
 
 
 def newest_keys(out: Any) -> list[str]:

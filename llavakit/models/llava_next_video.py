@@ -19,6 +19,7 @@ from llavakit.models.cache import DynamicCache
 from llavakit.models.llava_next import LlavaNextForConditionalGeneration, LlavaNextModel
 from llavakit.models.media import (VideoLlavaCausalLMOutputWithPast, VideoLlavaModelOutputWithPast,
                                    _VideoLlavaMixin, check_videos, select_vision_features)
+from llavakit.models.outputs import BaseModelOutputWithPooling
 
 
 class LlavaNextVideoPooler(nn.Module):
@@ -53,11 +54,15 @@ class _LlavaNextVideoMixin(_VideoLlavaMixin):
 
     def get_video_features(self, pixel_values_videos: torch.Tensor,
                            vision_feature_layer: int | list[int] | None = None,
-                           vision_feature_select_strategy: str | None = None) -> torch.Tensor:
-        """(num_videos, frames * pooled, Ht): each frame's tower features pooled, then projected."""
+                           vision_feature_select_strategy: str | None = None,
+                           output_hidden_states: bool | None = None, output_attentions: bool | None = None,
+                           return_dict: bool | None = None) -> BaseModelOutputWithPooling | tuple:
+        """The vision tower's output over all frames, with `pooler_output` = (num_videos, frames * pooled, Ht):
+        each frame's tower features pooled, then projected."""
         n_videos, frames = check_videos(pixel_values_videos)
-        states = select_vision_features(self, pixel_values_videos.flatten(0, 1), vision_feature_layer,
-                                        vision_feature_select_strategy)  # (V*F, P, Hv * n_layers)
+        out, states = select_vision_features(self, pixel_values_videos.flatten(0, 1), vision_feature_layer,
+                                             vision_feature_select_strategy, output_hidden_states,
+                                             output_attentions)  # states (V*F, P, Hv * n_layers)
         expected = self.multi_modal_projector.linear_1.in_features
         if states.shape[-1] != expected:
             raise ValueError(f"vision_feature_layer {vision_feature_layer!r} gives {states.shape[-1]} features per "
@@ -65,19 +70,20 @@ class _LlavaNextVideoMixin(_VideoLlavaMixin):
                              f"{self.config.vision_feature_layer})")
         pooled = self.vision_resampler(states)  # (V*F, pooled, Hv * n_layers)
         projected = self.multi_modal_projector(pooled)  # (V*F, pooled, Ht)
-        return projected.reshape(n_videos, frames * projected.shape[1], -1)  # (V, F * pooled, Ht)
+        out.pooler_output = projected.reshape(n_videos, frames * projected.shape[1], -1)  # (V, F * pooled, Ht)
+        return out if return_dict is not False else out.to_tuple()
 
     def _media_features(self, input_ids, inputs_embeds, pixel_values, image_sizes, pixel_values_videos,
-                        vision_feature_layer, vision_feature_select_strategy,
-                        ) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
-        """(per-image packed features or None, per-video features or None) for one forward."""
+                        vision_feature_layer, vision_feature_select_strategy, output_hidden_states,
+                        output_attentions) -> tuple[BaseModelOutputWithPooling | None, BaseModelOutputWithPooling | None]:
+        """(image_outputs or None, video_outputs or None) for one forward."""
         images = videos = None
         if pixel_values is not None and not (isinstance(pixel_values, torch.Tensor) and pixel_values.shape[0] == 0):
             images = self.get_image_features(pixel_values, image_sizes, vision_feature_layer,
-                                             vision_feature_select_strategy)
+                                             vision_feature_select_strategy, output_hidden_states, output_attentions)
         if pixel_values_videos is not None:
             videos = self.get_video_features(pixel_values_videos, vision_feature_layer,
-                                             vision_feature_select_strategy)
+                                             vision_feature_select_strategy, output_hidden_states, output_attentions)
         return images, videos
 
 
@@ -103,7 +109,8 @@ class LlavaNextVideoModel(_LlavaNextVideoMixin, LlavaNextModel):
         """Merge image and video features into the embeddings and run the decoder."""
         images, videos = self._media_features(input_ids, inputs_embeds, pixel_values, image_sizes,
                                               pixel_values_videos, vision_feature_layer,
-                                              vision_feature_select_strategy)
+                                              vision_feature_select_strategy, output_hidden_states,
+                                              output_attentions)
         return self._forward_media(input_ids, inputs_embeds, images, videos, cache, return_dict,
                                    attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache,
                                    output_attentions=output_attentions, output_hidden_states=output_hidden_states)
@@ -131,11 +138,12 @@ class LlavaNextVideoForConditionalGeneration(_LlavaNextVideoMixin, LlavaNextForC
                 cache_position: torch.Tensor | None = None, num_items_in_batch: int | torch.Tensor | None = None,
                 ) -> VideoLlavaCausalLMOutputWithPast | tuple:
         """Logits for the kept positions and the LM loss when `labels` are given (mask `<image>`, `<video>` and
-        pad positions with -100 yourself). `image_hidden_states` are all images' packed features (tokens, Ht),
-        `video_hidden_states` each video's features (num_videos, tokens, Ht)."""
+        pad positions with -100 yourself). `image_outputs.pooler_output`: each image's packed features;
+        `video_outputs.pooler_output`: each video's features (num_videos, tokens, Ht)."""
         images, videos = self._media_features(input_ids, inputs_embeds, pixel_values, image_sizes,
                                               pixel_values_videos, vision_feature_layer,
-                                              vision_feature_select_strategy)
+                                              vision_feature_select_strategy, output_hidden_states,
+                                              output_attentions)
         return self._forward_media(input_ids, inputs_embeds, images, videos, cache, return_dict,
                                    attention_mask=attention_mask, position_ids=position_ids, labels=labels,
                                    use_cache=use_cache, output_attentions=output_attentions,
