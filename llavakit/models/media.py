@@ -9,10 +9,10 @@ import warnings
 
 import torch
 
+from llavakit.deprecation import VIDEO_HIDDEN_STATES_MESSAGE
 from llavakit.models.cache import DynamicCache
 from llavakit.models.llava import SELECT_STRATEGIES
 from llavakit.models.llama import check_token_ids
-from llavakit.deprecation import VIDEO_HIDDEN_STATES_MESSAGE
 from llavakit.models.outputs import (BaseModelOutputWithPooling, LlavaCausalLMOutputWithPast,
                                      LlavaModelOutputWithPast, merged_features, model_output)
 
