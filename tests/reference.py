@@ -87,3 +87,27 @@ def tuple_image_features(item: Any) -> torch.Tensor:
         return item
     features = item[1]
     return torch.cat(list(features)) if isinstance(features, (list, tuple)) else features
+
+
+# llavakit's image processors compute what transformers' PIL backend computes. With torchvision installed,
+# transformers (5.23 and 5.25 alike) loads its torchvision backend by default, whose resize differs from
+# Pillow's by a grey level here and there; the tests therefore compare with the PIL backend by name.
+def hf_processor(path: Any, **kwargs: Any) -> Any:
+    """transformers.AutoProcessor with the PIL image backend (given as an image processor: a `backend=` keyword
+    would reach the tokenizer too)."""
+    processor = transformers.AutoProcessor.from_pretrained(path, **kwargs)
+    if hasattr(processor, "image_processor"):
+        processor.image_processor = hf_image_processor(path, **kwargs)
+    return processor
+
+
+def hf_image_processor(path: Any, **kwargs: Any) -> Any:
+    """transformers.AutoImageProcessor with the PIL backend."""
+    return transformers.AutoImageProcessor.from_pretrained(path, backend="pil", **kwargs)
+
+
+def comparable_stream(pieces: list[str]) -> list[str] | None:
+    """Streamed text pieces as far as they compare with this release's streamers: llavakit chunks as 5.24+ does
+    (words and letters at once, a newline's token kept as context), so the pieces themselves from 5.24 on.
+    Before, nothing compares: 5.23 chunks otherwise and drops a leading space after each newline."""
+    return list(pieces) if STREAMER_EMITS_WORDS else None

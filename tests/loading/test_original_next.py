@@ -22,6 +22,7 @@ from llavakit.loading import original
 from tests import assets
 from tests.loading.test_original import (OLD_VOCAB, TOWER_REPO, _edited_copy, fake_hub_cache, fill_new_rows_,
                                          original_config, original_state, write_tower)
+from tests.reference import hf_processor
 
 YI_VOCAB = 64000  # Nous-Hermes-2-Yi-34B, the llava-v1.6-34b decoder
 MISTRAL_ROPE = 1_000_000.0  # Mistral-7B-Instruct-v0.2's rope_theta
@@ -88,7 +89,7 @@ def assert_same_next_logits(hf, ours, batch: dict[str, torch.Tensor]) -> None:
 
 @pytest.fixture(scope="module")
 def hf_processor(tiny_llava_next_dir):
-    return transformers.AutoProcessor.from_pretrained(tiny_llava_next_dir)
+    return hf_processor(tiny_llava_next_dir)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from llavakit.processing.auto import AutoProcessor
 from llavakit.processing.image_siglip import SiglipImageProcessor
 from tests import assets
 from tests.parity import assert_close
-from tests.reference import image_features
+from tests.reference import hf_processor, image_features
 
 IMAGE, PAD = 32000, 32001
 N_TOKENS = 16  # 729 for the real 384 px / patch 14 tower
@@ -68,7 +68,7 @@ def pair(interleave_dir):
 
 @pytest.fixture(scope="module")
 def processors(interleave_dir):
-    return transformers.AutoProcessor.from_pretrained(interleave_dir), AutoProcessor.from_pretrained(interleave_dir)
+    return hf_processor(interleave_dir), AutoProcessor.from_pretrained(interleave_dir)
 
 
 @pytest.fixture(scope="module")

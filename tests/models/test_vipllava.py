@@ -15,7 +15,7 @@ from llavakit.models.outputs import LlavaCausalLMOutputWithPast
 from llavakit.models.vipllava import VipLlavaForConditionalGeneration, VipLlavaModel, VipLlavaMultiModalProjector
 from tests import assets
 from tests.parity import assert_close, image_prompt, left_pad, random_pixels, run_both
-from tests.reference import image_features, tuple_image_features
+from tests.reference import hf_processor, image_features, tuple_image_features
 
 IMAGE, PAD = 32000, 32001
 N_TOKENS = assets.IMAGE_TOKENS  # 16 per image, CLS always dropped
@@ -198,7 +198,7 @@ def test_image_token_mismatch_errors(pair):
 
 @pytest.fixture(scope="module")
 def processor(vip_dir):
-    processor = transformers.AutoProcessor.from_pretrained(vip_dir)
+    processor = hf_processor(vip_dir)
     processor.tokenizer.padding_side = "left"
     return processor
 
