@@ -13,6 +13,9 @@ from llavakit import AutoProcessor, LlavaNextImageProcessor, LlavaNextVideoProce
 from tests import assets
 from tests.processing.test_llava_onevision import assert_same
 
+needs_torchcodec = pytest.mark.skipif(not assets.transformers_decodes_video(),
+                                      reason="transformers decodes video files with torchcodec")
+
 IMAGE, VIDEO = 32000, assets.VIDEO_TOKEN
 
 
@@ -69,6 +72,7 @@ def test_calls_match(pair, clips, photos):
     assert (got["input_ids"][0] == IMAGE).sum() == ours.num_image_tokens(300, 451)
 
 
+@needs_torchcodec
 def test_chat_template_with_a_video_file(pair, h264_clip, photos):
     ours, ref = pair
     conversation = [{"role": "user", "content": [{"type": "image", "path": str(photos["chelsea"])},
@@ -84,6 +88,7 @@ def test_chat_template_with_a_video_file(pair, h264_clip, photos):
         "USER: <image>\n<video>\nIs the cat in the video? ASSISTANT:"  # the built-in template agrees
 
 
+@needs_torchcodec
 def test_openai_video_url_parts(pair, h264_clip):
     ours, ref = pair
     openai_style = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": str(h264_clip)}},

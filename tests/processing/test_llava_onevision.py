@@ -14,6 +14,9 @@ from llavakit import AutoProcessor, AutoTokenizer, LlavaOnevisionImageProcessor,
     LlavaOnevisionVideoProcessor, LlavaProcessor
 from tests import assets
 
+needs_torchcodec = pytest.mark.skipif(not assets.transformers_decodes_video(),
+                                      reason="transformers decodes video files with torchcodec")
+
 IMAGE, VIDEO = 32000, assets.VIDEO_TOKEN
 
 
@@ -153,6 +156,7 @@ def test_text_only_and_media_only(pair, clips, images):
     assert_same(ours(images=images["rocket"], return_tensors="pt"), ref(images=images["rocket"], return_tensors="pt"))
 
 
+@needs_torchcodec
 def test_chat_template_with_a_video_file(pair, h264_clip, photos):
     ours, ref = pair
     conversation = [{"role": "user", "content": [{"type": "video", "path": str(h264_clip)},
@@ -176,6 +180,7 @@ def test_chat_template_with_a_video_file(pair, h264_clip, photos):
     assert got["batch_num_images"].tolist() == [1, 2]
 
 
+@needs_torchcodec
 def test_assistant_mask_with_videos(pair, h264_clip):
     ours, ref = pair
     conversation = [{"role": "user", "content": [{"type": "video", "path": str(h264_clip)},

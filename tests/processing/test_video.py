@@ -15,8 +15,9 @@ from llavakit.processing import video
 from tests import assets
 from llavakit.processing.video import flatten_videos, load_video, sample_indices
 
-pytest.importorskip("torchcodec", reason="transformers decodes video files with torchcodec")
-BACKENDS = ["pyav", "torchcodec"]
+TORCHCODEC = assets.transformers_decodes_video()
+BACKENDS = ["pyav", "torchcodec"] if TORCHCODEC else ["pyav"]
+needs_torchcodec = pytest.mark.skipif(not TORCHCODEC, reason="transformers decodes video files with torchcodec")
 
 
 # ---- sampling -----------------------------------------------------------------------------------
@@ -45,6 +46,7 @@ def test_sampling_errors():
 
 
 # ---- decoding -----------------------------------------------------------------------------------
+@needs_torchcodec
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kwargs", [{}, {"num_frames": 4}, {"num_frames": 25}, {"fps": 2}, {"fps": 0.1}])
 def test_decoded_frames_match_transformers(h264_clip, backend, kwargs):
