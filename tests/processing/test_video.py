@@ -71,6 +71,15 @@ def test_frames_are_the_photo(h264_clip):
         assert np.abs(frame.astype(int) - crop).mean() < 6
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bytes_decode_like_the_file(h264_clip, backend):
+    from_file, _ = load_video(h264_clip, backend=backend, num_frames=5)
+    from_bytes, meta = load_video(h264_clip.read_bytes(), backend=backend, num_frames=5)
+    assert np.array_equal(from_bytes, from_file) and meta.frames_indices == [0, 5, 10, 15, 20]
+    with pytest.raises(ValueError, match="cannot open <5000 bytes of video> as a video"):
+        load_video(bytes(5000), backend=backend)
+
+
 def test_custom_sampling_function(h264_clip):
     frames, meta = load_video(h264_clip, sample_indices_fn=lambda metadata: np.array([3, 24]))
     assert frames.shape == (2, 64, 96, 3) and meta.frames_indices == [3, 24]
@@ -129,7 +138,7 @@ def test_too_many_frames_and_bad_arguments(h264_clip):
         load_video(h264_clip, num_frames=26)
     with pytest.raises(ValueError, match="unknown video backend 'decord'"):
         load_video(h264_clip, backend="decord")
-    with pytest.raises(TypeError, match="takes a path or an http"):
+    with pytest.raises(TypeError, match="takes a path, an http"):
         load_video(np.zeros((2, 4, 4, 3)))
 
 
