@@ -306,6 +306,14 @@ OV_SIZE = 28  # tiny OneVision: 28-px views, patch 7 -> 16 patches per view (num
 OV_PINPOINTS = [[OV_SIZE * rows, OV_SIZE * cols] for rows in range(1, 4) for cols in range(1, 4)]
 
 
+def transformers_decodes_video() -> bool:
+    """transformers reads video files only through torchcodec (torchvision's reader is gone): the parity tests
+    that decode a file on both sides need it usable (installed, matching torch, FFmpeg present)."""
+    from transformers.utils import is_torchcodec_usable
+
+    return is_torchcodec_usable(decode="video")
+
+
 def build_video_tokenizer(out_dir: Path, tokenizer_dir: Path) -> Path:
     """The test tokenizer with `<video>` added as id 32002."""
     import transformers

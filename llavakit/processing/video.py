@@ -193,22 +193,25 @@ def default_backend() -> str:
                           f"{INSTALL_HINT}") from None
 
 
-def load_video(source: str | os.PathLike, num_frames: int | None = None, fps: float | None = None,
+def load_video(source: str | os.PathLike | bytes, num_frames: int | None = None, fps: float | None = None,
                backend: str | None = None, sample_indices_fn: Callable[..., np.ndarray] | None = None,
                timeout: float = 30.0, max_bytes: int = MAX_DOWNLOAD_BYTES) -> tuple[np.ndarray, VideoMetadata]:
-    """Decode a video file or http(s) URL to ((T, H, W, 3) uint8 RGB frames, metadata).
+    """Decode a video file, http(s) URL or the file's bytes to ((T, H, W, 3) uint8 RGB frames, metadata).
 
     Frames are sampled uniformly (`num_frames`, or `fps` per second), all frames by default;
     `sample_indices_fn(metadata)` replaces that choice.
     """
-    if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"load_video takes a path or an http(s) URL, got {type(source).__name__}")
+    if not isinstance(source, (str, os.PathLike, bytes)):
+        raise TypeError(f"load_video takes a path, an http(s) URL or the file's bytes, got {type(source).__name__}")
     if num_frames is not None and fps is not None:
         raise ValueError("num_frames and fps are mutually exclusive: pass one of them")
     backend = backend or default_backend()
     if backend not in BACKENDS:
         raise ValueError(f"unknown video backend {backend!r}; choose one of {BACKENDS}")
-    file = _open_source(source, timeout, max_bytes)
+    if isinstance(source, bytes):
+        file, source = io.BytesIO(source), f"<{len(source)} bytes of video>"
+    else:
+        file = _open_source(source, timeout, max_bytes)
 
     def pick(metadata: VideoMetadata) -> np.ndarray:
         if sample_indices_fn is not None:

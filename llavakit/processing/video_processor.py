@@ -95,10 +95,9 @@ def rescale_and_normalize(frames: torch.Tensor, do_rescale: bool, rescale_factor
 # ---- inputs -----------------------------------------------------------------------------------------
 def _frames_tensor(video: Any, input_data_format: str | None, do_convert_rgb: bool) -> torch.Tensor:
     """One video (4-D array/tensor or list of frames) -> (T, C, H, W) tensor, RGB when asked."""
-    if isinstance(video, (list, tuple)):
-        frames = [np.asarray(f.convert("RGB") if isinstance(f, PIL.Image.Image) and f.mode != "RGB" else f)
-                  if isinstance(f, PIL.Image.Image) else f for f in video]
-        frames = [f.detach().cpu().numpy() if isinstance(f, torch.Tensor) else np.asarray(f) for f in frames]
+    if isinstance(video, (list, tuple)):  # frames: PIL images (any mode -> RGB), arrays or tensors
+        frames = [np.asarray(f if f.mode == "RGB" else f.convert("RGB")) if isinstance(f, PIL.Image.Image)
+                  else f.detach().cpu().numpy() if isinstance(f, torch.Tensor) else np.asarray(f) for f in video]
         if len({f.shape for f in frames}) > 1:
             raise ValueError(f"the frames of one video must share one shape, got {sorted({f.shape for f in frames})}")
         video = np.stack(frames)

@@ -43,8 +43,8 @@ def test_image_processor_only_folder(tiny_llava_hub_dir, tmp_path):
 
 
 def test_unsupported_checkpoints_name_what_is_supported(tmp_path):
-    (tmp_path / "processor_config.json").write_text(json.dumps({"processor_class": "LlavaOnevisionProcessor"}))
-    with pytest.raises(ValueError, match="'LlavaOnevisionProcessor'.*supported: \\[.*'LlavaProcessor'.*\\]"):
+    (tmp_path / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2VLProcessor"}))
+    with pytest.raises(ValueError, match="'Qwen2VLProcessor'.*supported: \\[.*'LlavaProcessor'.*\\]"):
         AutoProcessor.from_pretrained(tmp_path)
     (tmp_path / "processor_config.json").unlink()
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "whisper"}))

@@ -15,8 +15,9 @@ from llavakit.processing import video
 from tests import assets
 from llavakit.processing.video import flatten_videos, load_video, sample_indices
 
-pytest.importorskip("torchcodec", reason="transformers decodes video files with torchcodec")
-BACKENDS = ["pyav", "torchcodec"]
+TORCHCODEC = assets.transformers_decodes_video()
+BACKENDS = ["pyav", "torchcodec"] if TORCHCODEC else ["pyav"]
+needs_torchcodec = pytest.mark.skipif(not TORCHCODEC, reason="transformers decodes video files with torchcodec")
 
 
 # ---- sampling -----------------------------------------------------------------------------------
@@ -45,6 +46,7 @@ def test_sampling_errors():
 
 
 # ---- decoding -----------------------------------------------------------------------------------
+@needs_torchcodec
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kwargs", [{}, {"num_frames": 4}, {"num_frames": 25}, {"fps": 2}, {"fps": 0.1}])
 def test_decoded_frames_match_transformers(h264_clip, backend, kwargs):
@@ -67,6 +69,15 @@ def test_frames_are_the_photo(h264_clip):
     for frame, index in zip(frames, [0, 5, 10, 15, 20]):
         crop = photo[index * 4:index * 4 + 64, index * 6:index * 6 + 96]
         assert np.abs(frame.astype(int) - crop).mean() < 6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bytes_decode_like_the_file(h264_clip, backend):
+    from_file, _ = load_video(h264_clip, backend=backend, num_frames=5)
+    from_bytes, meta = load_video(h264_clip.read_bytes(), backend=backend, num_frames=5)
+    assert np.array_equal(from_bytes, from_file) and meta.frames_indices == [0, 5, 10, 15, 20]
+    with pytest.raises(ValueError, match="cannot open <5000 bytes of video> as a video"):
+        load_video(bytes(5000), backend=backend)
 
 
 def test_custom_sampling_function(h264_clip):
@@ -127,7 +138,7 @@ def test_too_many_frames_and_bad_arguments(h264_clip):
         load_video(h264_clip, num_frames=26)
     with pytest.raises(ValueError, match="unknown video backend 'decord'"):
         load_video(h264_clip, backend="decord")
-    with pytest.raises(TypeError, match="takes a path or an http"):
+    with pytest.raises(TypeError, match="takes a path, an http"):
         load_video(np.zeros((2, 4, 4, 3)))
 
 

@@ -10,6 +10,10 @@ import transformers
 
 from llavakit import AutoVideoProcessor, LlavaNextVideoVideoProcessor, LlavaOnevisionVideoProcessor
 from llavakit.processing.video_processor import center_crop_frames, resize_frames
+from tests import assets
+
+needs_torchcodec = pytest.mark.skipif(not assets.transformers_decodes_video(),
+                                      reason="transformers decodes video files with torchcodec")
 
 SMALL = {"LlavaOnevisionVideoProcessor": dict(size={"height": 28, "width": 28}),
          "LlavaNextVideoVideoProcessor": dict(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})}
@@ -79,6 +83,7 @@ def test_sampling_from_arrays(clips):
                        ref(land, do_sample_frames=True, fps=1, video_metadata=metadata))
 
 
+@needs_torchcodec
 def test_decodes_files_like_transformers(h264_clip):
     ours = LlavaNextVideoVideoProcessor(**SMALL["LlavaNextVideoVideoProcessor"])
     ref = transformers.LlavaNextVideoVideoProcessor(**SMALL["LlavaNextVideoVideoProcessor"])
