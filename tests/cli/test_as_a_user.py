@@ -272,3 +272,38 @@ def test_loading_skips_the_random_init_that_loading_overwrites():
             "print('torch._dynamo' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_chat_on_a_terminal_has_readline_history():
+    """On a pty, Up recalls the previous line (readline), and Ctrl-D leaves."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "llavakit", "chat", "--image", demo.EXAMPLE_IMAGE],
+                            stdin=follower, stdout=follower, stderr=subprocess.PIPE, close_fds=True)
+    os.close(follower)
+    screen = b""
+
+    def read_until(text: bytes, count: int = 1) -> None:
+        nonlocal screen
+        deadline = time.time() + 120
+        while screen.count(text) < count and time.time() < deadline:
+            if select.select([leader], [], [], 0.1)[0]:
+                try:
+                    screen += os.read(leader, 65536)
+                except OSError:
+                    break
+
+    try:
+        read_until(b"you> ")
+        os.write(leader, b"What shape is inside the red box?\r")
+        read_until(b"you> ", 2)
+        os.write(leader, b"\x1b[A\r")  # Up, Enter: the same question again, from the history
+        read_until(b"you> ", 3)
+        os.write(leader, b"\x04")  # Ctrl-D
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        os.close(leader)
+    assert proc.returncode == 0 and b"Traceback" not in err, err
+    assert screen.count(b"assistant> square") == 2, screen.decode(errors="replace")
