@@ -54,6 +54,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, vision_tower: str
     if allow_pickle:
         options["use_safetensors"] = False
     model = model_class.from_pretrained(src, **options)
+    if kind == "llava_next" and data.get("image_grid_pinpoints") is not None:
+        # llava-hf configs carry the list as written (read as height, width), as transformers' converter
+        # writes it; loaded directly, the original checkpoint tiles as the original code (see original.py)
+        model.config.image_grid_pinpoints = original.written_pinpoints(data["image_grid_pinpoints"],
+                                                                       model.config.vision_config.image_size)
     model.save_pretrained(dst)
 
     processor = build_processor(model.config, data, src, tokenizer=tokenizer, vision_tower=vision_tower,

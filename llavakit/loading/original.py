@@ -108,14 +108,11 @@ def _check_supported(data: dict[str, Any]) -> None:
                              f"LLaVA-NeXT checkpoints need {NEXT_ASPECT!r} with {NEXT_MERGE!r} (as llava-v1.6 has)")
 
 
-def grid_pinpoints(value: Any, tower_size: int) -> list[list[int]]:
-    """The original `image_grid_pinpoints` -> llava-hf's [height, width] list.
+def written_pinpoints(value: Any, tower_size: int) -> list[list[int]]:
+    """The original `image_grid_pinpoints` as a list of [width, height] pairs, in the order written.
 
-    The original code reads each pair as (width, height). A set closed under swapping (llava-v1.6's
-    [[336, 672], [672, 336], ...]) is kept in its written order, which is what the llava-hf conversions
-    carry; any other set is swapped to (height, width). LLaVA-NeXT repos also write a string: grid
-    multiples of the tower's image size, "(1x1),(1x2),(2x1)" or a range "(1x1),...,(3x3)", or a
-    Python literal list.
+    LLaVA-NeXT repos also write a string: grid multiples of the tower's image size, "(1x1),(1x2),(2x1)"
+    or a range "(1x1),...,(3x3)", or a Python literal list.
     """
     pairs = value
     if isinstance(value, str):
@@ -138,11 +135,19 @@ def grid_pinpoints(value: Any, tower_size: int) -> list[list[int]]:
             for p in pairs):
         raise ValueError(f"image_grid_pinpoints must be a non-empty list of [width, height] pairs of positive ints, "
                          f"got {value!r}")
-    pairs = [[int(a), int(b)] for a, b in pairs]
-    as_set = {tuple(p) for p in pairs}
-    if as_set == {(b, a) for a, b in as_set}:
-        return pairs
-    return [[b, a] for a, b in pairs]  # (width, height) -> (height, width)
+    return [[int(a), int(b)] for a, b in pairs]
+
+
+def grid_pinpoints(value: Any, tower_size: int) -> list[list[int]]:
+    """The original `image_grid_pinpoints` -> our [height, width] list that tiles as the original code does.
+
+    The original reads each pair as (width, height) and keeps the first of tied candidates; every image up
+    to the tower size ties on llava-v1.6's [[336, 672], [672, 336], ...]. Swapping each pair (and keeping
+    the order) gives the same canvas for every image. transformers' converter copies the list unswapped
+    into llava-hf configs, which read it as (height, width): those checkpoints pick the transposed canvas
+    on ties (a 300x200 image gets 1464 image tokens there, 976 in the original).
+    """
+    return [[height, width] for width, height in written_pinpoints(value, tower_size)]
 
 
 def tower_source(data: dict[str, Any], vision_tower: str | os.PathLike | None) -> str:
