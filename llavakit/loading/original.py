@@ -82,7 +82,8 @@ def text_config_dict(data: dict[str, Any], vocab_size: int) -> dict[str, Any]:
     return text
 
 
-def _check_supported(data: dict[str, Any]) -> None:
+def check_supported(data: dict[str, Any]) -> None:
+    """ValueError naming the option for original configs llavakit cannot load (architecture, projector, ...)."""
     architectures = [a for a in data.get("architectures") or [] if re.fullmatch(r"Llava\w*ForCausalLM", a)]
     model_type = str(data.get("model_type", ""))
     unknown = [a for a in architectures if a not in ORIGINAL_ARCHITECTURES] or (
@@ -191,7 +192,7 @@ def vision_config_for(source: str, embedded: bool, explicit: bool, hub: dict[str
 
 def build_config(data: dict[str, Any], vision_config: CLIPVisionConfig, old_vocab: int) -> PretrainedConfig:
     """Our LlavaConfig / VipLlavaConfig / LlavaNextConfig for an original config.json."""
-    _check_supported(data)
+    check_supported(data)
     kind = family(data)
     mm_hidden = data.get("mm_hidden_size")
     expected_hidden = vision_config.hidden_size * (len(VIP_LAYERS) if kind == "vipllava" else 1)
@@ -345,16 +346,23 @@ def _read_state(path: str) -> dict[str, torch.Tensor]:
     return dict(_iter_tensors(path))
 
 
+def lora_base(path_or_repo_id: str | os.PathLike, hub: dict[str, Any],
+              model_base: str | os.PathLike | None) -> str | os.PathLike:
+    """The base model of a -lora folder: the user's model_base, else the Hub id adapter_config.json names."""
+    if model_base is not None:
+        return model_base
+    base = read_json(resolve_file(path_or_repo_id, "adapter_config.json", **hub)).get("base_model_name_or_path")
+    if base is None:
+        raise ValueError("this is a LoRA checkpoint; pass model_base=FOLDER_OR_REPO (the base language model)")
+    return tower_source({"mm_vision_tower": base}, None)  # a Hub id only, never a path from a file
+
+
 def _lora_parts(path_or_repo_id: str | os.PathLike, hub: dict[str, Any], use_safetensors: bool | None,
                 model_base: str | os.PathLike | None) -> tuple[list[str], dict[str, torch.Tensor], float, list[str]]:
     """(base model files, adapter tensors, scale, extra trainable files) of a -lora folder."""
     adapter_config = read_json(resolve_file(path_or_repo_id, "adapter_config.json", **hub))
     scale = lora_scale(adapter_config)
-    base = model_base if model_base is not None else adapter_config.get("base_model_name_or_path")
-    if base is None:
-        raise ValueError("this is a LoRA checkpoint; pass model_base=FOLDER_OR_REPO (the base language model)")
-    if model_base is None:
-        base = tower_source({"mm_vision_tower": base}, None)  # a Hub id only, never a path from a file
+    base = lora_base(path_or_repo_id, hub, model_base)
     adapter_file = resolve_optional(path_or_repo_id, "adapter_model.safetensors", **hub)
     extras = []
     if adapter_file is None or resolve_optional(path_or_repo_id, LORA_EXTRAS, **hub) is not None:
@@ -394,7 +402,7 @@ def prepare(requested: type, path_or_repo_id: str | os.PathLike, data: dict[str,
             use_safetensors: bool | None, vision_tower: str | os.PathLike | None = None,
             model_base: str | os.PathLike | None = None, via_auto: bool = False) -> OriginalCheckpoint:
     """Plan the load of an original checkpoint: config, class, and a generator of converted tensors."""
-    _check_supported(data)
+    check_supported(data)
     is_lora = resolve_optional(path_or_repo_id, "adapter_config.json", **hub) is not None
     if is_lora:
         files, adapter, scale, extras = _lora_parts(path_or_repo_id, hub, use_safetensors, model_base)

@@ -122,11 +122,15 @@ class LlavaProcessor:
         if texts is not None:
             counts = self._image_token_counts(image_outputs, image_kwargs.get("data_format") == "channels_last")
             texts, shifts = self._expand(texts, counts)
-            encoded = self.tokenizer(texts, **kwargs)
+            encoded = self._tokenize(texts, kwargs)
             self._check_image_tokens(texts, encoded["input_ids"], kwargs.get("max_length"))
             data.update(encoded)
         data.update(image_outputs)  # pixel_values (+ image_sizes for LLaVA-NeXT)
         return BatchFeature(data, tensor_type=return_tensors), shifts
+
+    def _tokenize(self, texts: list[str], kwargs: dict[str, Any]) -> Any:
+        """The expanded prompts -> input_ids / attention_mask (the processor of original checkpoints overrides it)."""
+        return self.tokenizer(texts, **kwargs)
 
     def _image_token_counts(self, image_outputs: dict[str, Any], channels_last: bool) -> list[int]:
         """The `<image>` token count of each processed image, in order (subclasses read more than the shape)."""
@@ -274,6 +278,11 @@ class LlavaProcessor:
                    subfolder=subfolder, force_download=force_download)
         drop_transformers_only_kwargs(kwargs)
         processor_dict = read_processor_dict(path_or_repo_id, hub)
+        if not processor_dict and resolve_file(path_or_repo_id, "preprocessor_config.json", required=False,
+                                               **hub) is None:
+            original = _original_processor(path_or_repo_id, hub, kwargs)
+            if original is not None:
+                return original
         image_config = load_image_processor_dict(path_or_repo_id, **hub)
         from llavakit.processing.auto import IMAGE_PROCESSOR_CLASSES  # here: auto imports this module
         named = IMAGE_PROCESSOR_CLASSES.get(image_config.get("image_processor_type"))  # e.g. SiglipImageProcessor
@@ -292,6 +301,19 @@ class LlavaProcessor:
         processor = cls(image_processor, tokenizer, **init)
         processor.name_or_path = os.fspath(path_or_repo_id)  # picks the built-in template when none ships
         return processor
+
+
+def _original_processor(path_or_repo_id: str | os.PathLike, hub: dict[str, Any], kwargs: dict[str, Any]) -> Any:
+    """The processor of an original LLaVA folder (no processor files, an original config.json), else None."""
+    from llavakit.loading.original import is_original_config
+    from llavakit.processing.original_llava import build_processor
+
+    path = resolve_file(path_or_repo_id, "config.json", required=False, **hub)
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return build_processor(path_or_repo_id, data, hub=hub, **kwargs) if is_original_config(data) else None
 
 
 def read_processor_dict(path_or_repo_id: str | os.PathLike, hub: dict[str, Any]) -> dict[str, Any]:
