@@ -338,3 +338,19 @@ def test_processor_errors(tmp_path, v15):
     (copy / "config.json").write_text(json.dumps(dict(data, mm_vision_tower="test-org/no-such-tower")))
     with pytest.raises((ValueError, OSError), match="no-such-tower"):
         AutoProcessor.from_pretrained(copy, cache_dir=str(cache), local_files_only=True)
+
+
+def test_convert_reads_tokenizer_model(tmp_path, v15):
+    """`llavakit convert` on the v1.5 layout (tokenizer.model only) writes a tokenizer.json transformers reads."""
+    from llavakit.cli.main import main
+
+    _, folder, _ = v15
+    dst = tmp_path / "llava-1.5-7b-hf"
+    assert main(["convert", str(folder), str(dst), "--vision-tower", str(folder.parent / "tower"),
+                 "--allow-pickle"]) == 0
+    assert (dst / "tokenizer.json").exists()
+    hf = transformers.AutoTokenizer.from_pretrained(dst)
+    assert hf.convert_tokens_to_ids(["<image>", "<pad>"]) == [OLD_VOCAB, OLD_VOCAB + 1]
+    for mode in ("llava_v1", "mistral_instruct"):
+        text = REFERENCE["prompts"][mode]["text_only"]
+        assert hf(text)["input_ids"] == REFERENCE["ids"]["slow_legacy_false"][text], mode
