@@ -159,8 +159,17 @@ def tower_image_config(data: dict[str, Any], hub: dict[str, Any], vision_tower: 
 def build_processor(path_or_repo_id: str | os.PathLike, data: dict[str, Any], *, hub: dict[str, Any],
                     vision_tower: str | os.PathLike | None = None, model_base: str | os.PathLike | None = None,
                     chat_template: str | None = None) -> LlavaProcessor:
-    """The processor of an original checkpoint: its tokenizer, its tower's CLIP settings, its conv mode."""
-    original.check_supported(data)
+    """The processor of an original checkpoint: its tokenizer, its tower's CLIP settings, its conv mode.
+
+    Only what changes the processing is checked here; loading the model checks the rest.
+    """
+    if data.get("mm_use_im_start_end") or data.get("mm_use_im_patch_token"):
+        raise ValueError("original LLaVA checkpoints with mm_use_im_start_end / mm_use_im_patch_token (extra image "
+                         "boundary tokens) are not supported")
+    aspect = data.get("image_aspect_ratio")
+    if aspect not in (None, "square", "pad", "anyres"):
+        raise ValueError(f"image_aspect_ratio={aspect!r} is not supported by the processor of original LLaVA "
+                         "checkpoints; supported: 'square', 'pad', 'anyres'")
     kind = original.family(data)
     source = original.tower_source(data, vision_tower)
     vision = original.vision_config_for(source, True, vision_tower is not None, hub)
@@ -168,14 +177,15 @@ def build_processor(path_or_repo_id: str | os.PathLike, data: dict[str, Any], *,
     tokenizer_source = path_or_repo_id
     if resolve_file(path_or_repo_id, "adapter_config.json", required=False, **hub) is not None:
         tokenizer_source = original.lora_base(path_or_repo_id, hub, model_base)  # the original reads the base's
-    vocab = data.get("vocab_size")
+    # the model's image features go to the first id past the original vocabulary (config.json's vocab_size);
+    # Qwen decoders (llava_qwen) carry more embedding rows than tokens, so `<image>` follows the tokenizer's
+    vocab = data.get("vocab_size") if data.get("model_type") not in TYPE_TEMPLATES else None
     tokenizer, legacy = original_tokenizer(tokenizer_source, hub, fast_path=uses_fast_tokenizer(data, name),
                                            image_token_index=vocab if isinstance(vocab, int) else None)
 
     image_config = tower_image_config(data, hub, vision_tower, vision.image_size)
     image_config = {k: v for k, v in image_config.items() if k not in ("image_processor_type",
                                                                         "feature_extractor_type", "processor_class")}
-    aspect = data.get("image_aspect_ratio")
     if kind == "llava_next":
         if data.get("image_grid_pinpoints") is None:
             raise ValueError("the original anyres config.json has no image_grid_pinpoints")

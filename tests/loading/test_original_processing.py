@@ -354,3 +354,26 @@ def test_convert_reads_tokenizer_model(tmp_path, v15):
     for mode in ("llava_v1", "mistral_instruct"):
         text = REFERENCE["prompts"][mode]["text_only"]
         assert hf(text)["input_ids"] == REFERENCE["ids"]["slow_legacy_false"][text], mode
+
+
+@pytest.mark.parametrize("model_type, name, mode", [("llava", "llava-v1.5-13b", "llava_v1"),
+                                                    ("llava_llama", "llava-v1.6-vicuna-7b", "llava_v1"),
+                                                    ("llava_mistral", "llava-v1.6-mistral-7b", "mistral_instruct"),
+                                                    ("llava_llama", "llava-v1.6-34b", "chatml_direct"),
+                                                    ("llava_qwen", "llava-next-72b", "qwen")])
+def test_every_original_model_type_gets_a_processor(tmp_path, v15, model_type, name, mode):
+    from llavakit.processing.templates import TEMPLATES
+
+    _, folder, cache = v15
+    copy = tmp_path / name
+    copy.mkdir()
+    for file in ("config.json", "tokenizer.model", "tokenizer_config.json"):
+        shutil.copy(folder / file, copy / file)
+    data = json.loads((folder / "config.json").read_text())
+    if model_type == "llava_qwen":  # Qwen decoders have more embedding rows than tokens
+        data.update(vocab_size=32064, architectures=["LlavaQwenForCausalLM"])
+    (copy / "config.json").write_text(json.dumps(dict(data, model_type=model_type)))
+    processor = AutoProcessor.from_pretrained(copy, cache_dir=str(cache), local_files_only=True)
+    assert type(processor) is OriginalLlavaProcessor and processor.chat_template == TEMPLATES[mode]
+    assert processor.image_token_id == OLD_VOCAB
+    assert processor.legacy is (model_type == "llava_mistral")  # the mistral path reads the fast tokenizer
