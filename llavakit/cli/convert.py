@@ -61,6 +61,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, vision_tower: str
                                                                        model.config.vision_config.image_size)
     model.save_pretrained(dst)
 
+    if tokenizer is None and resolve_file(src, "adapter_config.json", required=False) is not None:
+        tokenizer = original.lora_base(src, {}, model_base)  # a LoRA folder has none: the base's, as the original
     processor = build_processor(model.config, data, src, tokenizer=tokenizer, vision_tower=vision_tower,
                                 chat_template=chat_template, kind=kind)
     processor.save_pretrained(dst)

@@ -31,7 +31,7 @@ from llavakit.processing.sentencepiece import convert_sentencepiece
 from llavakit.processing.tokenizer import AutoTokenizer
 from tests import assets
 from tests.loading.test_original import (OLD_VOCAB, TOWER_REPO, fake_hub_cache, original_config, original_state,
-                                         tiny_reference, write_tower)
+                                         tiny_reference, write_lora, write_tower)
 from tests.loading.test_original_next import tiny_next_reference, write_next_original
 
 HERE = Path(__file__).parent
@@ -304,23 +304,33 @@ def test_v16_folder_end_to_end(v16, photos):
     assert model.generate(**inputs, max_new_tokens=5, do_sample=False).tolist() == expected.tolist()
 
 
-def test_lora_folder_takes_the_base_tokenizer(tmp_path, v15, photos):
-    """llava-v1.5-7b-lora ships no tokenizer: the original reads the base's (model_base)."""
+def test_lora_folder_answers_as_load_pretrained_model(tmp_path, v15, photos):
+    """llava-v1.5-7b-lora + its base: the base's tokenizer (the folder ships none), the merged weights, the
+    original prompt and ids; `llavakit convert --model-base` writes the same."""
+    from llavakit.cli.main import main
+
     reference, v15_folder, cache = v15
-    base = write_tokenizer(tmp_path / "vicuna-7b-v1.5")
-    lora = tmp_path / "llava-v1.5-7b-lora"
-    lora.mkdir()
-    (lora / "config.json").write_text((v15_folder / "config.json").read_text())
-    (lora / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
-                                                          "base_model_name_or_path": "lmsys/vicuna-7b-v1.5"}))
-    hub = dict(cache_dir=str(cache), local_files_only=True)
-    processor = AutoProcessor.from_pretrained(lora, model_base=base, **hub)
+    base, lora = write_lora(tmp_path, reference, base_dir=write_tokenizer(tmp_path / "vicuna-7b-v1.5"))
+    tower = v15_folder.parent / "tower"
+    processor = AutoProcessor.from_pretrained(lora, model_base=base, vision_tower=tower)
     prompt = processor.apply_chat_template(CONVERSATION[:1], add_generation_prompt=True)
     assert prompt == REFERENCE["prompts"]["llava_v1"]["single"]
-    ids = processor(images=PIL.Image.open(photos["rocket"]), text=prompt)["input_ids"][0]
-    assert ids == expected_ids(REFERENCE["ids"]["slow_legacy_false"][prompt], assets.IMAGE_TOKENS)
+    batch = processor(images=PIL.Image.open(photos["rocket"]), text=prompt, return_tensors="pt")
+    assert batch["input_ids"][0].tolist() == expected_ids(REFERENCE["ids"]["slow_legacy_false"][prompt],
+                                                          assets.IMAGE_TOKENS)
+    model = LlavaForConditionalGeneration.from_pretrained(lora, model_base=base, vision_tower=tower,
+                                                          use_safetensors=False)
+    expected = reference.generate(**batch, max_new_tokens=5, do_sample=False)
+    assert model.generate(**batch, max_new_tokens=5, do_sample=False).tolist() == expected.tolist()
     with pytest.raises(FileNotFoundError, match="tokenizer.model of lmsys/vicuna-7b-v1.5"):  # adapter_config's base
-        AutoProcessor.from_pretrained(lora, **hub)
+        json.dump({"r": 2, "lora_alpha": 4, "base_model_name_or_path": "lmsys/vicuna-7b-v1.5"},
+                  (lora / "adapter_config.json").open("w"))
+        AutoProcessor.from_pretrained(lora, cache_dir=str(cache), local_files_only=True)
+    json.dump({"r": 2, "lora_alpha": 4}, (lora / "adapter_config.json").open("w"))
+    dst = tmp_path / "converted"
+    assert main(["convert", str(lora), str(dst), "--vision-tower", str(tower), "--model-base", str(base),
+                 "--allow-pickle"]) == 0
+    assert transformers.AutoTokenizer.from_pretrained(dst).convert_tokens_to_ids("<image>") == OLD_VOCAB
 
 
 def test_processor_errors(tmp_path, v15):
