@@ -56,6 +56,7 @@ class OriginalTokenization:
     """`tokenizer_image_token`'s ids: the text around each `<image>` tokenized on its own, BOS only once."""
 
     legacy: bool = True  # False: a chunk starting with a space still gets its own "▁" (slow legacy=False)
+    saved_class = "LlavaProcessor"
 
     def encode_prompt(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """One prompt -> ids, `<image>` (already expanded to its feature count) -> the image token id."""
@@ -105,12 +106,22 @@ class OriginalTokenization:
         return out
 
 
+    def to_dict(self) -> dict[str, Any]:
+        """save_pretrained writes the llava-hf processor (as `llavakit convert` does): the saved folder
+        tokenizes the llava-hf way, like the model saved next to it in the llava-hf layout."""
+        out = super().to_dict()
+        out["processor_class"] = self.saved_class
+        return out
+
+
 class OriginalLlavaProcessor(OriginalTokenization, LlavaProcessor):
     """LlavaProcessor with the original code's tokenization (LLaVA-1.5, ViP-LLaVA)."""
 
 
 class OriginalLlavaNextProcessor(OriginalTokenization, LlavaNextProcessor):
     """LlavaNextProcessor with the original code's tokenization (LLaVA-1.6 anyres)."""
+
+    saved_class = "LlavaNextProcessor"
 
 
 # ---- building from config.json ---------------------------------------------------------------------------

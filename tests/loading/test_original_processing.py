@@ -387,3 +387,12 @@ def test_every_original_model_type_gets_a_processor(tmp_path, v15, model_type, n
     assert type(processor) is OriginalLlavaProcessor and processor.chat_template == TEMPLATES[mode]
     assert processor.image_token_id == OLD_VOCAB
     assert processor.legacy is (model_type == "llava_mistral")  # the mistral path reads the fast tokenizer
+
+
+def test_saved_processor_is_the_llava_hf_one(tmp_path, v15):
+    _, folder, cache = v15
+    processor = AutoProcessor.from_pretrained(folder, cache_dir=str(cache), local_files_only=True)
+    processor.save_pretrained(tmp_path / "saved")
+    reloaded = AutoProcessor.from_pretrained(tmp_path / "saved")
+    assert type(reloaded) is LlavaProcessor and reloaded.image_processor.do_pad
+    assert reloaded.chat_template == processor.chat_template
