@@ -103,7 +103,8 @@ def text_config_dict(data: dict[str, Any], vocab_size: int) -> dict[str, Any]:
     return text
 
 
-def _check_supported(data: dict[str, Any]) -> None:
+def check_supported(data: dict[str, Any]) -> None:
+    """ValueError naming the option for original configs llavakit cannot load (architecture, projector, ...)."""
     architectures = [a for a in data.get("architectures") or [] if re.fullmatch(r"Llava\w*ForCausalLM", a)]
     model_type = str(data.get("model_type", ""))
     unknown = [a for a in architectures if a not in ORIGINAL_ARCHITECTURES] or (
@@ -140,14 +141,11 @@ def _check_supported(data: dict[str, Any]) -> None:
                              f"LLaVA-NeXT checkpoints need {NEXT_ASPECT!r} with {NEXT_MERGE!r} (as llava-v1.6 has)")
 
 
-def grid_pinpoints(value: Any, tower_size: int) -> list[list[int]]:
-    """The original `image_grid_pinpoints` -> llava-hf's [height, width] list.
+def written_pinpoints(value: Any, tower_size: int) -> list[list[int]]:
+    """The original `image_grid_pinpoints` as a list of [width, height] pairs, in the order written.
 
-    The original code reads each pair as (width, height). A set closed under swapping (llava-v1.6's
-    [[336, 672], [672, 336], ...]) is kept in its written order, which is what the llava-hf conversions
-    carry; any other set is swapped to (height, width). LLaVA-NeXT repos also write a string: grid
-    multiples of the tower's image size, "(1x1),(1x2),(2x1)" or a range "(1x1),...,(3x3)", or a
-    Python literal list.
+    LLaVA-NeXT repos also write a string: grid multiples of the tower's image size, "(1x1),(1x2),(2x1)"
+    or a range "(1x1),...,(3x3)", or a Python literal list.
     """
     pairs = value
     if isinstance(value, str):
@@ -170,11 +168,19 @@ def grid_pinpoints(value: Any, tower_size: int) -> list[list[int]]:
             for p in pairs):
         raise ValueError(f"image_grid_pinpoints must be a non-empty list of [width, height] pairs of positive ints, "
                          f"got {value!r}")
-    pairs = [[int(a), int(b)] for a, b in pairs]
-    as_set = {tuple(p) for p in pairs}
-    if as_set == {(b, a) for a, b in as_set}:
-        return pairs
-    return [[b, a] for a, b in pairs]  # (width, height) -> (height, width)
+    return [[int(a), int(b)] for a, b in pairs]
+
+
+def grid_pinpoints(value: Any, tower_size: int) -> list[list[int]]:
+    """The original `image_grid_pinpoints` -> our [height, width] list that tiles as the original code does.
+
+    The original reads each pair as (width, height) and keeps the first of tied candidates; every image up
+    to the tower size ties on llava-v1.6's [[336, 672], [672, 336], ...]. Swapping each pair (and keeping
+    the order) gives the same canvas for every image. transformers' converter copies the list unswapped
+    into llava-hf configs, which read it as (height, width): those checkpoints pick the transposed canvas
+    on ties (a 300x200 image gets 1464 image tokens there, 976 in the original).
+    """
+    return [[height, width] for width, height in written_pinpoints(value, tower_size)]
 
 
 def tower_source(data: dict[str, Any], vision_tower: str | os.PathLike | None) -> str:
@@ -223,7 +229,7 @@ def vision_config_for(source: str, embedded: bool, explicit: bool, hub: dict[str
 
 def build_config(data: dict[str, Any], vision_config: CLIPVisionConfig, old_vocab: int) -> PretrainedConfig:
     """Our LlavaConfig / VipLlavaConfig / LlavaNextConfig for an original config.json."""
-    _check_supported(data)
+    check_supported(data)
     kind = family(data)
     mm_hidden = data.get("mm_hidden_size")
     expected_hidden = vision_config.hidden_size * (len(VIP_LAYERS) if kind == "vipllava" else 1)
@@ -451,16 +457,23 @@ def _read_state(path: str) -> dict[str, torch.Tensor]:
     return dict(_iter_tensors(path))
 
 
+def lora_base(path_or_repo_id: str | os.PathLike, hub: dict[str, Any],
+              model_base: str | os.PathLike | None) -> str | os.PathLike:
+    """The base model of a -lora folder: the user's model_base, else the Hub id adapter_config.json names."""
+    if model_base is not None:
+        return model_base
+    base = read_json(resolve_file(path_or_repo_id, "adapter_config.json", **hub)).get("base_model_name_or_path")
+    if base is None:
+        raise ValueError("this is a LoRA checkpoint; pass model_base=FOLDER_OR_REPO (the base language model)")
+    return tower_source({"mm_vision_tower": base}, None)  # a Hub id only, never a path from a file
+
+
 def _lora_parts(path_or_repo_id: str | os.PathLike, hub: dict[str, Any], use_safetensors: bool | None,
                 model_base: str | os.PathLike | None) -> tuple[list[str], dict[str, torch.Tensor], float, list[str]]:
     """(base model files, adapter tensors, scale, extra trainable files) of a -lora folder."""
     adapter_config = read_json(resolve_file(path_or_repo_id, "adapter_config.json", **hub))
     scale = lora_scale(adapter_config)
-    base = model_base if model_base is not None else adapter_config.get("base_model_name_or_path")
-    if base is None:
-        raise ValueError("this is a LoRA checkpoint; pass model_base=FOLDER_OR_REPO (the base language model)")
-    if model_base is None:
-        base = tower_source({"mm_vision_tower": base}, None)  # a Hub id only, never a path from a file
+    base = lora_base(path_or_repo_id, hub, model_base)
     adapter_file = resolve_optional(path_or_repo_id, "adapter_model.safetensors", **hub)
     extras = []
     if adapter_file is None or resolve_optional(path_or_repo_id, LORA_EXTRAS, **hub) is not None:
@@ -500,7 +513,7 @@ def prepare(requested: type, path_or_repo_id: str | os.PathLike, data: dict[str,
             use_safetensors: bool | None, vision_tower: str | os.PathLike | None = None,
             model_base: str | os.PathLike | None = None, via_auto: bool = False) -> OriginalCheckpoint:
     """Plan the load of an original checkpoint: config, class, and a generator of converted tensors."""
-    _check_supported(data)
+    check_supported(data)
     is_lora = resolve_optional(path_or_repo_id, "adapter_config.json", **hub) is not None
     if is_lora:
         files, adapter, scale, extras = _lora_parts(path_or_repo_id, hub, use_safetensors, model_base)

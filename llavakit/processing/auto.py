@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from llavakit.loading.hub import resolve_file
+from llavakit.loading.original import is_original_config
 from llavakit.processing.image import CLIPImageProcessor, load_image_processor_dict
 from llavakit.processing.image_siglip import SiglipImageProcessor
 from llavakit.processing.image_llava import LlavaImageProcessor
@@ -55,7 +56,8 @@ def _hub(revision: str | None, local_files_only: bool, cache_dir: str | None, to
 
 
 class AutoProcessor:
-    """The checkpoint's processor: processor_config.json's processor_class, else config.json's model_type;
+    """The checkpoint's processor: processor_config.json's processor_class, else an original LLaVA config.json's
+    own processor (original_llava.py; kwargs vision_tower=, model_base=, chat_template=), else config.json's model_type;
     a checkpoint with only tokenizer files gives its tokenizer, one with only image files its image processor."""
 
     @classmethod
@@ -76,7 +78,13 @@ class AutoProcessor:
                                  f"does not support; supported: {sorted(PROCESSOR_CLASSES)}")
             return PROCESSOR_CLASSES[declared].from_pretrained(path_or_repo_id, **hub, **kwargs)
 
-        model_type = (_read(path_or_repo_id, "config.json", hub) or {}).get("model_type")
+        model_config = _read(path_or_repo_id, "config.json", hub) or {}
+        if is_original_config(model_config):  # liuhaotian / mucai / LLaVA-NeXT repo layouts
+            from llavakit.processing.original_llava import build_processor
+
+            drop_transformers_only_kwargs(kwargs)
+            return build_processor(path_or_repo_id, model_config, hub=hub, **kwargs)
+        model_type = model_config.get("model_type")
         if model_type is not None:
             if model_type not in MODEL_TYPE_TO_PROCESSOR:
                 raise ValueError(f"{os.fspath(path_or_repo_id)} is a {model_type!r} checkpoint, which llavakit has no "

@@ -142,7 +142,7 @@ class LlavaProcessor:
             if video_outputs:
                 counts[self.video_token] = self._video_token_counts(video_outputs)
             texts, shifts = self._expand(texts, counts)
-            encoded = self.tokenizer(texts, **kwargs)
+            encoded = self._tokenize(texts, kwargs)
             self._check_image_tokens(texts, encoded["input_ids"], kwargs.get("max_length"))
             data.update(encoded)
         data.update(image_outputs)  # pixel_values (+ image_sizes for LLaVA-NeXT)
@@ -170,6 +170,10 @@ class LlavaProcessor:
     def _video_token_counts(self, video_outputs: dict[str, Any]) -> list[int]:
         """The `<video>` token count of each processed video, in order (video processors override this)."""
         raise NotImplementedError
+
+    def _tokenize(self, texts: list[str], kwargs: dict[str, Any]) -> Any:
+        """The expanded prompts -> input_ids / attention_mask (the processor of original checkpoints overrides it)."""
+        return self.tokenizer(texts, **kwargs)
 
     def _image_token_counts(self, image_outputs: dict[str, Any], channels_last: bool) -> list[int]:
         """The `<image>` token count of each processed image, in order (subclasses read more than the shape)."""
@@ -332,6 +336,11 @@ class LlavaProcessor:
                    subfolder=subfolder, force_download=force_download)
         drop_transformers_only_kwargs(kwargs)
         processor_dict = read_processor_dict(path_or_repo_id, hub)
+        if not processor_dict and resolve_file(path_or_repo_id, "preprocessor_config.json", required=False,
+                                               **hub) is None:
+            original = _original_processor(path_or_repo_id, hub, kwargs)
+            if original is not None:
+                return original
         image_config = load_image_processor_dict(path_or_repo_id, **hub)
         from llavakit.processing.auto import IMAGE_PROCESSOR_CLASSES  # here: auto imports this module
         named = IMAGE_PROCESSOR_CLASSES.get(image_config.get("image_processor_type"))  # e.g. SiglipImageProcessor
@@ -360,6 +369,18 @@ def load_video_processor(default_class: type, path_or_repo_id: str | os.PathLike
     config = load_video_processor_dict(path_or_repo_id, **hub)
     named = VIDEO_PROCESSOR_CLASSES.get(config.get("video_processor_type"))
     return (named if named and issubclass(named, default_class) else default_class).from_dict(config)
+
+def _original_processor(path_or_repo_id: str | os.PathLike, hub: dict[str, Any], kwargs: dict[str, Any]) -> Any:
+    """The processor of an original LLaVA folder (no processor files, an original config.json), else None."""
+    from llavakit.loading.original import is_original_config
+    from llavakit.processing.original_llava import build_processor
+
+    path = resolve_file(path_or_repo_id, "config.json", required=False, **hub)
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return build_processor(path_or_repo_id, data, hub=hub, **kwargs) if is_original_config(data) else None
 
 
 def read_processor_dict(path_or_repo_id: str | os.PathLike, hub: dict[str, Any]) -> dict[str, Any]:

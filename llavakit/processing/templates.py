@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from llavakit.processing.conversations import CONVERSATION_TEMPLATES
+
 # llava-1.5 / vicuna style (also LLaVA-NeXT-Video-7B): "USER: <image>\n... ASSISTANT: ...". Each message is
 # ROLE + ': ', then one "<image>\n" per image part and one "<video>\n" per video part (images first, then
 # videos), then each text part followed by a space.
@@ -146,16 +148,19 @@ TEMPLATES: dict[str, str] = {"llava": LLAVA, "mistral": MISTRAL, "chatml": CHATM
 
 # Other names users know for the same formats: the original repos' conv modes and other tools' names.
 ALIASES: dict[str, str] = {
-    "vicuna": "llava", "vicuna_v1": "llava", "llava_v1": "llava", "v1": "llava",
-    "mistral_instruct": "mistral", "llava_mistral": "mistral",
-    "chatml_direct": "chatml", "yi": "chatml",
+    "vicuna": "llava",
+    "llava_mistral": "mistral",
+    "yi": "chatml",
     "llava_llama_3": "llama3", "llama-3": "llama3", "llama_3": "llama3",
     "qwen_1_5": "qwen", "chatml-llava": "interleave", "qwen_interleave": "interleave",
-    "vipllava": "vip", "vip-llava": "vip", "llava_v0": "vip",
+    "vipllava": "vip", "vip-llava": "vip",
     "llava_onevision": "onevision", "llava-onevision": "onevision",
     "llava_next_video": "llava", "next_video": "llava",
 }
 TEMPLATES.update({alias: TEMPLATES[name] for alias, name in ALIASES.items()})
+# The original repo's conv modes (llava_v1, vicuna_v1, mistral_instruct, chatml_direct, llava_v0, ...) print
+# exactly what its Conversation.get_prompt() prints, system prompt included: see conversations.py.
+TEMPLATES.update(CONVERSATION_TEMPLATES)
 
 
 def default_template_name(model_type: str | None = None, name: str | None = None) -> str:

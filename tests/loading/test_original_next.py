@@ -112,7 +112,7 @@ def test_config_follows_the_converter(vicuna_dir, vicuna_tower):
     model = LlavaNextForConditionalGeneration.from_pretrained(vicuna_dir, vision_tower=vicuna_tower)
     config = model.config
     assert config.model_type == "llava_next"
-    assert config.image_grid_pinpoints == assets.NEXT_PINPOINTS
+    assert config.image_grid_pinpoints == [[w, h] for h, w in assets.NEXT_PINPOINTS]  # tiles as the original
     assert config.image_token_index == OLD_VOCAB and config.pad_token_id == OLD_VOCAB + 1
     assert config.text_config.vocab_size == 32064 and config.tie_word_embeddings is False
     assert config.vision_feature_layer == -2 and config.vision_feature_select_strategy == "default"
@@ -120,15 +120,16 @@ def test_config_follows_the_converter(vicuna_dir, vicuna_tower):
 
 
 @pytest.mark.parametrize("value, expected", [
-    ([[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],  # llava-v1.6: kept as llava-hf has it
-     [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]),
+    ([[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],  # llava-v1.6, read as (width, height)
+     [[672, 336], [336, 672], [672, 672], [336, 1008], [1008, 336]]),
     ([[672, 336], [1008, 336]], [[336, 672], [336, 1008]]),  # (width, height) -> (height, width)
-    ("(1x1),(1x2),(2x1)", [[28, 28], [28, 56], [56, 28]]),
+    ("(1x1),(1x2),(2x1)", [[28, 28], [56, 28], [28, 56]]),
     ("(1x1),...,(2x3)", [[28, 28], [56, 28], [84, 28], [28, 56], [56, 56], [84, 56]]),  # a range, swapped
-    ("[(28, 56), (56, 28)]", [[28, 56], [56, 28]]),
+    ("[(28, 56), (56, 28)]", [[56, 28], [28, 56]]),
 ])
 def test_grid_pinpoints_forms(value, expected):
     assert original.grid_pinpoints(value, 28) == expected
+    assert original.written_pinpoints(value, 28) == [[w, h] for h, w in expected]
 
 
 @pytest.mark.parametrize("value", ["anyres", [[336, 0]], [], [[336]], [[True, 336]], "[[336, 'a']]", "(1x1),(x)",

@@ -5,6 +5,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 from llavakit import AutoProcessor, AutoTokenizer
 from llavakit.processing import chat_template as chat
+from llavakit.processing.conversations import CONVERSATION_TEMPLATES
 from llavakit.processing.templates import ALIASES, TEMPLATES, VIP_SYSTEM, default_template_name
 from tests import assets
 
@@ -90,13 +91,15 @@ def test_mistral_rejects_unknown_roles():
 def test_aliases_are_the_same_text():
     for alias, name in ALIASES.items():
         assert TEMPLATES[alias] is TEMPLATES[name]
-    assert TEMPLATES["llava_v1"] is TEMPLATES["vicuna"] is TEMPLATES["llava"]
-    assert TEMPLATES["chatml_direct"] is TEMPLATES["chatml"]
+    assert TEMPLATES["vicuna"] is TEMPLATES["llava"]
+    # the original repo's conv mode names print the original prompts (tests/loading/test_original_processing.py)
+    assert TEMPLATES["llava_v1"] is CONVERSATION_TEMPLATES["llava_v1"] is not TEMPLATES["llava"]
+    assert TEMPLATES["chatml_direct"] is CONVERSATION_TEMPLATES["chatml_direct"] is not TEMPLATES["chatml"]
     assert TEMPLATES["llava_llama_3"] is TEMPLATES["llama3"]
     assert TEMPLATES["qwen_1_5"] is TEMPLATES["qwen"]
 
 
-@pytest.mark.parametrize("name", ["mistral", "mistral_instruct", "vip", "llama3"])
+@pytest.mark.parametrize("name", ["mistral", "llava_mistral", "vip", "llama3"])
 def test_selectable_by_name_on_processor_and_tokenizer(tiny_llava_dir, name):
     processor = AutoProcessor.from_pretrained(tiny_llava_dir)
     text = processor.apply_chat_template(CONVERSATION, chat_template=name, add_generation_prompt=True)
