@@ -39,6 +39,7 @@ def create_app(engine: Engine, model_name: str, limits: MediaLimits | None = Non
         engine.stop()
 
     app = FastAPI(title="llavakit", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.engine = engine  # for hosts that run the app without its lifespan (ray_serve.Replica)
     metrics = engine.metrics
 
     @app.middleware("http")
