@@ -98,8 +98,15 @@ class Router:
         self.replicas = replicas
         self.in_flight = [0] * len(replicas)
 
+    def __serve_build_asgi_app__(self) -> Any:
+        """The router's own ASGI app, one catch-all route (built in the replica: nothing about it is pickled)."""
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+
+        return Starlette(routes=[Route("/{path:path}", self.forward, methods=["GET", "POST"])])
+
     async def forward(self, request: Any) -> Any:
-        from fastapi.responses import StreamingResponse
+        from starlette.responses import StreamingResponse
 
         body = await request.body()
         pinned = request.headers.get(REPLICA_HEADER, "")
@@ -138,24 +145,15 @@ class Router:
 def build_application(options: dict[str, Any], num_replicas: int, cpus_per_replica: float = 1.0,
                       gpus_per_replica: float = 0.0) -> Any:
     """The Ray Serve application: `num_replicas` one-replica model deployments and the router in front."""
-    from fastapi import FastAPI, Request
     from ray import serve
 
     if num_replicas < 1:
         raise ValueError(f"--num-replicas must be at least 1, got {num_replicas}")
-    app = FastAPI(title="llavakit router", docs_url=None, redoc_url=None, openapi_url=None)
-
-    @serve.deployment(name="llavakit-router", ray_actor_options={"num_cpus": 0})
-    @serve.ingress(app)
-    class RouterDeployment(Router):
-        @app.api_route("/{path:path}", methods=["GET", "POST"])
-        async def route(self, request: Request) -> Any:
-            return await self.forward(request)
-
+    router = serve.deployment(serve.ingress()(Router), name="llavakit-router", ray_actor_options={"num_cpus": 0})
     replica = serve.deployment(Replica, ray_actor_options={"num_cpus": cpus_per_replica,
                                                            "num_gpus": gpus_per_replica})
     replicas = [replica.options(name=f"llavakit-replica-{i}").bind(i, options) for i in range(num_replicas)]
-    return RouterDeployment.bind(replicas)
+    return router.bind(replicas)
 
 
 def serve_on_ray(options: dict[str, Any], address: str | None, num_replicas: int, host: str, port: int,
