@@ -11,7 +11,7 @@ from torch import nn
 
 from llavakit.config.clip import CLIPVisionConfig
 from llavakit.models.base import PreTrainedModel
-from llavakit.models.layers import activation, attention, attn_implementation, init_weights
+from llavakit.models.layers import activation, attention, attn_implementation, init_weights, normal_
 from llavakit.models.outputs import BaseModelOutputWithPooling
 
 
@@ -135,7 +135,7 @@ class CLIPVisionModel(PreTrainedModel):
         self.vision_model = CLIPVisionTransformer(config)
         init_weights(self, config.initializer_range * config.initializer_factor)
         with torch.no_grad():
-            self.vision_model.embeddings.class_embedding.normal_(0.0, config.hidden_size ** -0.5)
+            normal_(self.vision_model.embeddings.class_embedding, config.hidden_size ** -0.5)
 
     def get_input_embeddings(self) -> nn.Conv2d:
         return self.vision_model.embeddings.patch_embedding

@@ -19,6 +19,7 @@ from llavakit.config.llava_next import LlavaNextConfig
 from llavakit.deprecation import accepts_renamed_kwargs
 from llavakit.models.cache import DynamicCache
 from llavakit.models.llava import LlavaForConditionalGeneration, LlavaModel
+from llavakit.models.layers import normal_
 from llavakit.models.outputs import LlavaCausalLMOutputWithPast, LlavaModelOutputWithPast
 
 
@@ -181,7 +182,7 @@ class LlavaNextForConditionalGeneration(_LlavaNextImageMixin, LlavaForConditiona
         head = self.get_output_embeddings()
         if not config.tie_word_embeddings and head.weight is self.get_input_embeddings().weight:
             # the text model tied itself (its own config says so); transformers 5 ties NeXT only on the top flag
-            head.weight = nn.Parameter(torch.empty_like(head.weight).normal_(0.0, config.text_config.initializer_range))
+            head.weight = nn.Parameter(normal_(torch.empty_like(head.weight), config.text_config.initializer_range))
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:

@@ -13,7 +13,7 @@ from torch import nn
 from llavakit.config.siglip import SiglipVisionConfig
 from llavakit.models.base import PreTrainedModel
 from llavakit.models.clip import CLIPEncoder, CLIPMLP, _check_pixels
-from llavakit.models.layers import attn_implementation, init_weights
+from llavakit.models.layers import attn_implementation, init_weights, normal_
 from llavakit.models.outputs import BaseModelOutputWithPooling
 
 
@@ -89,7 +89,7 @@ class SiglipVisionModel(PreTrainedModel):
         self.vision_model = SiglipVisionTransformer(config)
         init_weights(self, 0.02)
         with torch.no_grad():
-            self.vision_model.embeddings.position_embedding.weight.normal_(0.0, config.hidden_size ** -0.5)
+            normal_(self.vision_model.embeddings.position_embedding.weight, config.hidden_size ** -0.5)
 
     def get_input_embeddings(self) -> nn.Conv2d:
         return self.vision_model.embeddings.patch_embedding

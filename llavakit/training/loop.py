@@ -8,7 +8,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -16,6 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from llavakit.progress import ProgressLine
 from llavakit.training.data import epoch_batches
 
 STATE_FILE = "trainer_state.pt"
@@ -75,7 +75,7 @@ class Progress:
 
     def __init__(self, total: int, disabled: bool) -> None:
         self.total, self.disabled, self.start = total, disabled, time.time()
-        self.tty = sys.stderr.isatty()
+        self.line = ProgressLine()
 
     def show(self, step: int, loss: float, lr: float, tokens_per_s: float, first_step: int) -> None:
         if self.disabled:
@@ -84,11 +84,11 @@ class Progress:
         eta = (time.time() - self.start) / max(done, 1) * (self.total - step)
         line = (f"step {step}/{self.total} | loss {loss:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s | "
                 f"eta {int(eta) // 60}:{int(eta) % 60:02d}")
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+        self.line.show(line)
 
     def note(self, text: str) -> None:
         if not self.disabled:
-            print(("\n" if self.tty else "") + text, file=sys.stderr, flush=True)
+            self.line.note(text)
 
 
 @torch.no_grad()
@@ -146,6 +146,15 @@ def _load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Opti
     return int(state["step"])
 
 
+def _check_trainable(dataset: Any) -> None:
+    """Refuse a dataset whose every sample is skipped (nothing to learn), instead of "training" on none of it."""
+    if any(dataset[i] is not None for i in range(len(dataset))):  # stops at the first usable sample
+        return
+    reasons = sorted(set(getattr(dataset, "skipped", {}).values()))
+    detail = f": {'; '.join(reasons[:3])}" if reasons else ""
+    raise ValueError(f"no trainable samples: all {len(dataset)} samples were skipped{detail}")
+
+
 def train(model: nn.Module, args: TrainingArguments, train_dataset: Any, collate: Callable,
           eval_dataset: Any = None) -> list[dict[str, float]]:
     """Train `model` in place on `train_dataset`; returns the logged history (also in output_dir/log.jsonl).
@@ -155,6 +164,7 @@ def train(model: nn.Module, args: TrainingArguments, train_dataset: Any, collate
     """
     if len(train_dataset) == 0:
         raise ValueError("the training set is empty")
+    _check_trainable(train_dataset)
     torch.manual_seed(args.seed)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

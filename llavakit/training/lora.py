@@ -35,6 +35,11 @@ def _peft() -> Any:
     return peft
 
 
+def check_lora_available() -> None:
+    """LoRA (training, merging) needs peft: fail before any model is loaded, with the install command."""
+    _peft()
+
+
 def check_qlora_available() -> None:
     """QLoRA needs bitsandbytes (>= 0.50 runs its 4-bit layers on CPU as well as CUDA); say so plainly."""
     try:
@@ -119,6 +124,7 @@ def merge_adapter(adapter_directory: str | os.PathLike, output_directory: str | 
 
     adapter_directory = Path(adapter_directory)
     config_path = adapter_directory / "adapter_config.json"
+    check_lora_available()
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: --adapter must be a folder written by "
                                 f"`llavakit train --stage lora`")
