@@ -136,9 +136,26 @@ def _items(batch: dict[str, torch.Tensor]) -> int:
     return int((labels[:, 1:] != -100).sum()) if per_token else labels.shape[0]
 
 
-def _first_usable(dataset: Any, collate: Callable) -> dict[str, torch.Tensor]:
-    """A batch of one real sample: the stand-in a rank computes (with weight 0) when its share is empty."""
-    return next(collate([dataset[i]]) for i in range(len(dataset)) if dataset[i] is not None)
+def _stand_in(dataset: Any, collate: Callable, global_batch: list[int]) -> dict[str, torch.Tensor]:
+    """A batch of one real sample for a rank whose share is empty, computed with weight 0 so that it joins the
+    other ranks' collectives. Taken from the same global batch when possible: under FSDP the ranks must run the
+    same blocks (vision tower or not) in the same order."""
+    for i in [*global_batch, *range(len(dataset))]:
+        if dataset[i] is not None:
+            return collate([dataset[i]])
+    raise ValueError("no trainable samples")  # unreachable after _check_trainable
+
+
+def _check_fsdp_modalities(dataset: Any, args: TrainingArguments) -> None:
+    """FSDP gathers the vision tower's shards only on ranks whose batch has images: every rank of a micro-batch
+    must agree, which grouping by modality guarantees."""
+    if not args.fsdp or args.group_by_modality_length or not hasattr(dataset, "modality_lengths"):
+        return
+    signs = {length > 0 for length in dataset.modality_lengths()}
+    if len(signs) > 1:
+        raise ValueError("FSDP training on data that mixes image and text-only samples needs "
+                         "--group-by-modality-length (group_by_modality_length=True): every rank of a micro-batch "
+                         "must run the vision tower, or none")
 
 
 def train(model: nn.Module, args: TrainingArguments, train_dataset: Any, collate: Callable,
@@ -160,6 +177,8 @@ def train(model: nn.Module, args: TrainingArguments, train_dataset: Any, collate
     if bs < 1 or accum < 1:
         raise ValueError(f"batch size ({bs}) and gradient_accumulation_steps ({accum}) must be >= 1")
     this_rank, ranks = rank(), world_size()
+    if ranks > 1:
+        _check_fsdp_modalities(train_dataset, args)
     lengths = train_dataset.modality_lengths() if args.group_by_modality_length else None
     per_epoch = math.ceil(len(train_dataset) / (bs * ranks))  # global batches per epoch
     total = args.max_steps if args.max_steps > 0 else max(1, math.ceil(args.num_train_epochs * per_epoch / accum))
@@ -185,26 +204,25 @@ def train(model: nn.Module, args: TrainingArguments, train_dataset: Any, collate
     first_step, cached_epoch, order = step, -1, []
     window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.time()
     while step < total:
-        shares = []  # this rank's micro-batches of the step
+        shares = []  # this rank's (micro-batch, items it weighs) of the step
         for micro in range(step * accum, (step + 1) * accum):
             epoch, position = divmod(micro, per_epoch)
             if epoch != cached_epoch:
                 order, cached_epoch = epoch_batches(len(train_dataset), bs * ranks, args.seed, epoch, lengths), epoch
             indices = distributed.rank_share(order[position], this_rank, ranks)
-            shares.append(collate([train_dataset[i] for i in indices]) if indices else {})
+            batch = collate([train_dataset[i] for i in indices]) if indices else {}
+            if batch:
+                shares.append((batch, _items(batch)))
+            elif ranks > 1:  # an empty share, or every sample in it skipped (logged by the dataset)
+                shares.append((_stand_in(train_dataset, collate, order[position]), 0))
         # the loss is a sum over the step's supervised tokens on all ranks divided by their count; DDP and FSDP
         # average gradients over ranks, hence the factor `ranks`
-        counts = torch.tensor([sum(_items(b) for b in shares if b)], dtype=torch.float64)
+        counts = torch.tensor([sum(n for _, n in shares)], dtype=torch.float64)
         if is_distributed():
             dist.all_reduce(counts)
         step_items = max(float(counts[0]), 1.0)
         sums = torch.zeros(2, dtype=torch.float64)  # (loss x items, attended tokens) on this rank
-        for i, batch in enumerate(shares):
-            n = _items(batch) if batch else 0
-            if not batch:  # an empty share or every sample skipped (logged by the dataset)
-                if ranks == 1:
-                    continue
-                batch = _first_usable(train_dataset, collate)  # the other ranks wait for this rank's collectives
+        for i, (batch, n) in enumerate(shares):
             batch = {k: v.to(device) for k, v in batch.items()}
             with distributed.accumulating(model, last=i == len(shares) - 1), \
                     torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
