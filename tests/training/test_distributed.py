@@ -128,6 +128,7 @@ def _assert_same_weights(state: dict, expected: dict) -> None:
         torch.testing.assert_close(state[name], value, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_ranks_follow_one_process(strategy, setup, reference, two_ranks):
     history, expected = reference
@@ -146,6 +147,7 @@ def test_two_ranks_follow_one_process(strategy, setup, reference, two_ranks):
                            original["multi_modal_projector.linear_1.weight"])
 
 
+@pytest.mark.slow
 def test_sharded_checkpoint_resumes_on_one_process(setup, reference, two_ranks, tmp_path):
     """FSDP's 2-rank checkpoint at step 2, resumed by one process with the same global batch, ends where the
     uninterrupted run ends."""
@@ -159,6 +161,7 @@ def test_sharded_checkpoint_resumes_on_one_process(setup, reference, two_ranks, 
     _assert_same_weights(model.state_dict(), reference[1])
 
 
+@pytest.mark.slow
 def test_killed_rank_leaves_the_last_complete_checkpoint(setup, reference, tmp_path):
     model_dir, image_dir = setup
     with pytest.raises(mp.ProcessExitedException):

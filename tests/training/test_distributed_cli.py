@@ -35,6 +35,7 @@ def _command(model, dataset, out, *extra):
             "--output-dir", str(out), "--max-steps", "2", "--batch-size", "2", "--logging-steps", "1", *extra]
 
 
+@pytest.mark.slow
 def test_fsdp_under_torchrun_writes_one_loadable_model(tiny_llava_dir, dataset, tmp_path):
     transformers = pytest.importorskip("transformers")
     out = tmp_path / "fsdp"
@@ -57,6 +58,7 @@ def test_fsdp_under_torchrun_writes_one_loadable_model(tiny_llava_dir, dataset, 
     torch.testing.assert_close(reference.lm_head.weight, trained.language_model.lm_head.weight)
 
 
+@pytest.mark.slow
 def test_lora_on_ray_train_writes_an_adapter(tiny_llava_dir, dataset, tmp_path):
     pytest.importorskip("ray.train")
     pytest.importorskip("peft")
