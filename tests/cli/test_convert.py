@@ -144,3 +144,22 @@ def test_convert_next(tmp_path, original_tokenizer, tiny_llava_next_dir, photos,
     assert hf.generate(**batch, max_new_tokens=5, do_sample=False).tolist() == expected
     ours = LlavaNextForConditionalGeneration.from_pretrained(dst)
     assert ours.generate(**batch, max_new_tokens=5, do_sample=False).tolist() == expected
+
+
+def test_failed_convert_leaves_no_half_written_folder(tmp_path, original_tokenizer, capsys):
+    """The wrong tokenizer fails after the weights are written: neither DST nor a temporary folder remains."""
+    from llavakit import demo
+
+    reference = tiny_reference("llava", seed=5)
+    src = write_original(tmp_path / "llava-v1.5-original", reference, with_tower=False)
+    tower = write_tower(tmp_path / "tower", reference)
+    dst = tmp_path / "out" / "llava-hf"
+    assert main(["convert", str(src), str(dst), "--vision-tower", str(tower), "--tokenizer",
+                 str(demo.TRAINED_DIR)]) == 2
+    assert "the model expects" in capsys.readouterr().err
+    assert not dst.exists() and list((tmp_path / "out").iterdir()) == []
+    (dst / "keep.txt").parent.mkdir(parents=True)
+    (dst / "keep.txt").write_text("mine")
+    assert main(["convert", str(src), str(dst), "--vision-tower", str(tower)]) == 2  # never overwrites
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert [p.name for p in dst.iterdir()] == ["keep.txt"]
