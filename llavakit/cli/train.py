@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         model = add_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)
         if args.task != "generation":
             heads.unfreeze_head(model)
-    if device.type != "cpu":
+    if device.type != "cpu" and not args.fsdp:  # fully_shard moves only this rank's shards to the GPU
         model.to(device)
     if main_rank:
         print(f"[llavakit train] {args.stage}: {freeze.trainable_summary(model)}"
@@ -212,7 +212,8 @@ def _start_processes(args: argparse.Namespace) -> int | None:
     if under_torchrun():
         if args.ray is not None:
             raise ValueError("--ray cannot run inside torchrun: start it as a plain command")
-        if args.nproc_per_node > 1 and int(os.environ.get("LOCAL_WORLD_SIZE", args.nproc_per_node)) != args.nproc_per_node:
+        started = int(os.environ.get("LOCAL_WORLD_SIZE", args.nproc_per_node))
+        if args.nproc_per_node > 1 and started != args.nproc_per_node:
             raise ValueError(f"--nproc-per-node {args.nproc_per_node} but torchrun started "
                              f"{os.environ['LOCAL_WORLD_SIZE']} processes on this node; make them equal")
         return None

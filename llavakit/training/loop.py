@@ -12,15 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
-
 import torch.distributed as dist
+from torch import nn
 
 from llavakit.distributed.setup import is_distributed, rank, world_size
 from llavakit.progress import ProgressLine

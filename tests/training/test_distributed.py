@@ -37,7 +37,8 @@ def _records() -> list[dict]:
 
 def _data(model_dir: Path, image_dir: Path) -> tuple[SupervisedDataset, Collator]:
     processor = AutoProcessor.from_pretrained(model_dir)
-    return SupervisedDataset(_records(), processor, image_folder=str(image_dir)), Collator(processor.tokenizer.pad_token_id)
+    dataset = SupervisedDataset(_records(), processor, image_folder=str(image_dir))
+    return dataset, Collator(processor.tokenizer.pad_token_id)
 
 
 def _model(model_dir: Path) -> LlavaForConditionalGeneration:
