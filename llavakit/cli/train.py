@@ -3,11 +3,15 @@
 Stages: stage1 (projector only), stage2 (projector + language model), lora / qlora (peft adapters on the
 language model + full projector), full (everything, for training from scratch).
 `--task sequence-classification` / `multiple-choice` fine-tunes a task head instead (its head always trains).
+Several processes: `--nproc-per-node N` (re-runs itself under torchrun; or start it with `torchrun ... -m llavakit
+train ...`, also across nodes) trains data parallel with DDP, or with FSDP2 sharding under `--fsdp`;
+`--ray ADDRESS --num-workers N` runs the same on Ray Train.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 
 from llavakit.cli.common import add_model_argument, model_path, read_template
@@ -58,6 +62,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--problem-type", default=None,
                    choices=["regression", "single_label_classification", "multi_label_classification"],
                    help="default: inferred from the labels, as transformers does")
+    p.add_argument("--nproc-per-node", type=int, default=1,
+                   help="processes (GPUs) on this machine: re-runs the command under torchrun, data parallel")
+    p.add_argument("--fsdp", action="store_true",
+                   help="with several processes: shard parameters, gradients and optimizer state (FSDP2) instead "
+                        "of a whole model per process (DDP)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="train on Ray Train: 'local' starts a local instance, 'auto' or ray://HOST:PORT joins a "
+                        "cluster, bare --ray follows RAY_ADDRESS")
+    p.add_argument("--num-workers", type=int, default=2, help="--ray: training processes (one per GPU)")
+    p.add_argument("--gpus-per-worker", type=float, default=0,
+                   help="--ray: GPUs per worker (0: CPU workers over gloo)")
     p.set_defaults(run=run)
 
 
@@ -70,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
 
     from llavakit import AutoModelForImageTextToText, AutoProcessor
     from llavakit.cli.eval_mc import read_rows
+    from llavakit.distributed.setup import init_distributed, rank, world_size
+    from llavakit.training.checkpoint import full_model_state
     from llavakit.training import freeze, heads, loop
     from llavakit.training.data import Collator, SupervisedDataset, load_records
 
@@ -90,6 +107,11 @@ def run(args: argparse.Namespace) -> int:
         check_qlora_available()
         if args.task != "generation":
             raise ValueError("--stage qlora supports --task generation only; use --stage lora for task heads")
+    exit_code = _start_processes(args)
+    if exit_code is not None:
+        return exit_code
+    device = init_distributed()  # one rank of torchrun's (or Ray's) process group; nothing in a single process
+    main_rank = rank() == 0
     model_name = model_path(args)
 
     torch.manual_seed(args.seed)
@@ -122,7 +144,11 @@ def run(args: argparse.Namespace) -> int:
         model = add_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)
         if args.task != "generation":
             heads.unfreeze_head(model)
-    print(f"[llavakit train] {args.stage}: {freeze.trainable_summary(model)}")
+    if device.type != "cpu" and not args.fsdp:  # fully_shard moves only this rank's shards to the GPU
+        model.to(device)
+    if main_rank:
+        print(f"[llavakit train] {args.stage}: {freeze.trainable_summary(model)}"
+              + (f" | {world_size()} processes, {'FSDP' if args.fsdp else 'DDP'}" if world_size() > 1 else ""))
 
     if not eval_records and args.eval_split > 0:
         random.Random(args.seed).shuffle(records)
@@ -147,21 +173,64 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, bf16=args.bf16,
         gradient_checkpointing=args.gradient_checkpointing, group_by_modality_length=args.group_by_modality_length,
         logging_steps=args.logging_steps, eval_steps=args.eval_steps, save_steps=args.save_steps, seed=args.seed,
-        resume_from_checkpoint=True if args.resume else None, disable_progress=args.quiet)
+        resume_from_checkpoint=True if args.resume else None, disable_progress=args.quiet, fsdp=args.fsdp)
     loop.train(model, training_args, train_set, collate, eval_set)
-    if train_set.skipped:
+    if train_set.skipped and main_rank:
         print(f"[llavakit train] skipped {len(train_set.skipped)} training sample(s) (see the log above)")
 
-    if args.stage in ("lora", "qlora") and args.task != "generation":
-        model.merge_and_unload().save_pretrained(args.output_dir)  # a head checkpoint: adapters merged in
-    elif args.stage in ("lora", "qlora"):
-        from llavakit.training.lora import save_adapter
+    state = full_model_state(model)  # FSDP: every rank sends its shards to rank 0; otherwise None
+    if main_rank:  # the final model is written once
+        if args.stage in ("lora", "qlora") and args.task != "generation":
+            model.merge_and_unload().save_pretrained(args.output_dir)  # a head checkpoint: adapters merged in
+        elif args.stage in ("lora", "qlora"):
+            from llavakit.training.lora import save_adapter
 
-        save_adapter(model, args.output_dir)
-    else:
-        model.save_pretrained(args.output_dir)
-    if args.chat_template is not None:
-        processor.chat_template = train_set.template
-    processor.save_pretrained(args.output_dir)
-    print(f"[llavakit train] saved to {args.output_dir}")
+            save_adapter(model, args.output_dir, state_dict=state)
+        else:
+            model.save_pretrained(args.output_dir, state_dict=state)
+        if args.chat_template is not None:
+            processor.chat_template = train_set.template
+        processor.save_pretrained(args.output_dir)
+        print(f"[llavakit train] saved to {args.output_dir}")
+    if world_size() > 1:
+        torch.distributed.barrier()
     return 0
+
+
+def _start_processes(args: argparse.Namespace) -> int | None:
+    """--ray or --nproc-per-node: run the command on Ray Train or under torchrun and return its exit code;
+    None when this process trains (alone, or as one rank started by torchrun or Ray)."""
+    from llavakit.distributed.launch import relaunch, under_torchrun
+    from llavakit.training.distributed import check_strategy
+
+    check_strategy(args.fsdp, args.stage)
+    if args.fsdp and args.stage in ("lora", "qlora") and args.task != "generation":
+        raise ValueError("--fsdp with a LoRA task head is not supported (merging adapters needs the whole model); "
+                         "train it without --fsdp")
+    if args.nproc_per_node < 1:
+        raise ValueError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
+    if under_torchrun():
+        if args.ray is not None:
+            raise ValueError("--ray cannot run inside torchrun: start it as a plain command")
+        started = int(os.environ.get("LOCAL_WORLD_SIZE", args.nproc_per_node))
+        if args.nproc_per_node > 1 and started != args.nproc_per_node:
+            raise ValueError(f"--nproc-per-node {args.nproc_per_node} but torchrun started "
+                             f"{os.environ['LOCAL_WORLD_SIZE']} processes on this node; make them equal")
+        return None
+    if args.ray is not None:
+        if args.nproc_per_node > 1:
+            raise ValueError("--ray and --nproc-per-node exclude each other: on Ray, scale with --num-workers")
+        from llavakit.training.ray_train import strip_ray_flags, train_on_ray
+
+        train_on_ray(strip_ray_flags(args.argv), args.ray or None, args.num_workers, args.gpus_per_worker,
+                     args.output_dir)
+        print(f"[llavakit train] saved to {args.output_dir}")
+        return 0
+    if args.nproc_per_node == 1:
+        return None
+    import torch
+
+    if torch.cuda.is_available() and args.nproc_per_node > torch.cuda.device_count():
+        raise ValueError(f"--nproc-per-node {args.nproc_per_node} needs that many GPUs, but "
+                         f"{torch.cuda.device_count()} are visible")
+    return relaunch(args.argv, args.nproc_per_node)

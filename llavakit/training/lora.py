@@ -83,11 +83,12 @@ def add_lora(model: nn.Module, r: int = 128, alpha: int = 256, dropout: float = 
     return peft.get_peft_model(model, config)
 
 
-def save_adapter(peft_model: nn.Module, save_directory: str | os.PathLike) -> None:
-    """peft's adapter files, with tensor names rewritten to transformers' LLaVA module names."""
+def save_adapter(peft_model: nn.Module, save_directory: str | os.PathLike, state_dict: dict | None = None) -> None:
+    """peft's adapter files, with tensor names rewritten to transformers' LLaVA module names (`state_dict`: the
+    whole model's, when the model itself is sharded)."""
     from safetensors.torch import load_file, save_file
 
-    peft_model.save_pretrained(save_directory)
+    peft_model.save_pretrained(save_directory, state_dict=state_dict)
     path = Path(save_directory) / "adapter_model.safetensors"
     tensors = load_file(path)
     renamed = {}
