@@ -415,12 +415,16 @@ def test_streamer_ends_when_generate_fails(llava, processor):
 
 # ---- errors and warnings -----------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(num_beams=3), "num_beams=3: beam search is not supported"),
+    (dict(num_beams=3, num_return_sequences=4), "num_return_sequences=4 must be <= num_beams=3"),
+    (dict(num_return_sequences=2), "num_return_sequences=2 needs sampling"),
+    (dict(penalty_alpha=0.6, top_k=4), "contrastive search, which transformers moved out of its core"),
+    (dict(dola_layers="high"), "DoLa decoding, which transformers moved out"),
+    (dict(num_beams=4, num_beam_groups=2), "group \\(diverse\\) beam search"),
+    (dict(num_beams=2, force_words_ids=[[5]]), "constrained beam search"),
     (dict(max_new_token=5), r"neither generation options nor inputs of LlavaForConditionalGeneration.forward: "
                             r"\['max_new_token'\]"),
     (dict(do_sample=True, temperature=0.0), "temperature must be > 0 when do_sample=True"),
     (dict(max_new_tokens=-4), "max_new_tokens must be an integer >= 1, got -4"),
-    (dict(num_return_sequences=2), "num_return_sequences=2 is a transformers generation option"),
     (dict(return_dict=False), r"generate sets \['return_dict'\] itself"),
 ])
 def test_bad_options_raise_clear_errors(llava, processor, kwargs, message):
