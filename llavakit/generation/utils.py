@@ -580,6 +580,32 @@ class GenerationMixin:
                                          attentions=tuple(attentions) if want_attn else None,
                                          hidden_states=tuple(hiddens) if want_hidden else None, cache=cache)
 
+    # ---- shared by beam search and assisted decoding ----------------------------------------------
+    def _prefill_rows(self, prompt: _Prompt, model_kwargs: dict[str, Any], expand: int,
+                      extra: dict[str, bool]) -> tuple[torch.Tensor, Any, tuple | None, tuple | None]:
+        """Run the prompt (and images) once per prompt in a DynamicCache, then repeat the cache and outputs so
+        each prompt becomes `expand` rows (i*n + j). Returns next-token logits (B*n, V) in float32, the cache,
+        and the forward's attentions / hidden states (None unless asked for in `extra`)."""
+        device = self.device
+        model_kwargs = {k: _to(v, device) for k, v in model_kwargs.items()}
+        cache = model_kwargs.pop("past_key_values", None)
+        if cache is None:
+            cache = DynamicCache()
+        elif not isinstance(cache, (DynamicCache, StaticCache)):
+            cache = DynamicCache.from_legacy_cache(cache)
+        mask = None if bool((prompt.attention_mask == 1).all()) else prompt.attention_mask
+        keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.forward).parameters else {}
+        out = self(**self._prefill_inputs(prompt, cache, model_kwargs), attention_mask=_to(mask, device),
+                   use_cache=True, past_key_values=cache, return_dict=True, **keep, **extra)
+        cache = out.past_key_values
+        rows = torch.arange(prompt.input_ids.shape[0], device=device).repeat_interleave(expand)  # (B*n,)
+        if expand > 1:
+            cache.reorder_cache(rows)
+        logits = out.logits[:, -1].index_select(0, rows)  # (B*n, V)
+        logits = logits.to(dtype=torch.float32, device=prompt.input_ids.device, copy=True)
+        return logits, cache, _repeat_rows(out.get("attentions"), expand), _repeat_rows(out.get("hidden_states"),
+                                                                                        expand)
+
     # ---- the KV cache and the compiled step ------------------------------------------------------
     def _kv_cache(self, given: Any, reuse: _Reuse | None, use_cache: bool, config: GenerationConfig,
                   prompt: _Prompt, new_tokens: int, compile: bool | None,
