@@ -495,6 +495,7 @@ class GenerationMixin:
         unfinished = torch.ones(B, dtype=torch.long, device=input_ids.device)  # (B,)
         next_positions = positions[:, -1] + 1  # (B,) where the first new token goes
 
+        expanded = False
         if streamer is not None:
             streamer.put(input_ids.cpu())
         try:
@@ -510,7 +511,7 @@ class GenerationMixin:
                     logits = outputs.logits[:, -1, :]  # (B, V)
                     layers_attn, layers_hidden = outputs.get("attentions"), outputs.get("hidden_states")
                     del outputs
-                    if expand > 1 and logits.shape[0] == B:  # after the prefill: each prompt becomes `expand` rows
+                    if expand > 1 and not expanded:  # after the prefill: each prompt becomes `expand` rows
                         rows = torch.arange(B, device=device).repeat_interleave(expand)  # (B*n,)
                         cache.reorder_cache(rows)
                         logits = logits.index_select(0, rows)
@@ -523,6 +524,7 @@ class GenerationMixin:
                         next_positions = next_positions.repeat_interleave(expand, 0)
                         B = B * expand
                         unfinished = torch.ones(B, dtype=torch.long, device=input_ids.device)
+                        expanded = True
                     if want_attn:
                         attentions.append(layers_attn)
                     if want_hidden:

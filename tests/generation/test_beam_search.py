@@ -49,12 +49,13 @@ def test_beam_search_left_padded_batch_with_scores(llava, processor, images):
 
 
 def test_beam_search_stops_at_eos(llava, processor, images):
-    # An EOS id the tiny model actually produces early, so finished hypotheses and padding are exercised.
+    # An EOS id the beams actually produce early, so finished hypotheses and padding are exercised.
     inputs = processor(images=images["chelsea"], text=PROMPT, return_tensors="pt")
-    greedy = llava[0].generate(**inputs, max_new_tokens=6)
-    eos = [int(greedy[0, -4]), int(greedy[0, -2])]
+    beams = llava[0].generate(**inputs, max_new_tokens=6, num_beams=3)
+    eos = [int(beams[0, -5]), 7]
     ours, theirs = generate_both(llava, inputs, max_new_tokens=10, num_beams=3, num_return_sequences=3,
                                  eos_token_id=eos, pad_token_id=0, return_dict_in_generate=True, output_scores=True)
+    assert bool((ours.beam_indices == -1).any())  # a returned hypothesis finished before max_new_tokens
     assert_same_beam_outputs(ours, theirs)
 
 
