@@ -81,10 +81,10 @@ def beam_search(model: Any, prompt: Any, model_kwargs: dict[str, Any], config: G
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
             out = model(input_ids=_to(flat_sequences[:, -1:], device),
                         position_ids=_to(next_positions[:, None], device),
-                        attention_mask=None if all_ones else _to(mask, device), past_key_values=cache,
+                        attention_mask=None if all_ones else _to(mask, device), cache=cache,
                         use_cache=True, return_dict=True, **extra)
             next_positions = next_positions + 1
-            cache = out.past_key_values
+            cache = out.cache
             logits = out.logits[:, -1].to(dtype=torch.float32, device=ids_device, copy=True)  # (B*nb, V)
             layers_attn, layers_hidden = out.get("attentions"), out.get("hidden_states")
             del out

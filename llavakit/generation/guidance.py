@@ -43,8 +43,8 @@ class UnbatchedClassifierFreeGuidanceLogitsProcessor:
         device = self.model.device
         # Positions count from the cache length, as in transformers' unconditional branch.
         out = self.model(input_ids=ids.to(device), attention_mask=self.mask.to(device), use_cache=self.use_cache,
-                         past_key_values=self.cache if self.use_cache else None, return_dict=True)
-        self.cache = out.past_key_values if self.use_cache else None
+                         cache=self.cache if self.use_cache else None, return_dict=True)
+        self.cache = out.cache if self.use_cache else None
         return out.logits[:, -1].float().to(input_ids.device)  # (B, V)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ from llavakit.generation.prefix_cache import PrefixCache, content_key
 from llavakit.generation.stopping import (EosTokenCriteria, MaxLengthCriteria, MaxTimeCriteria,
                                           StoppingCriteriaList, StopStringCriteria)
 from llavakit.models.cache import DynamicCache, StaticCache
-from llavakit.models.outputs import ModelOutput
+from llavakit.models.outputs import ModelOutput, merged_features
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class GenerationMixin:
             model_kwargs["pixel_values"] = pixel_values
         self._check_model_kwargs(model_kwargs)
         if given_cache is not None:
-            model_kwargs["past_key_values"] = given_cache
+            model_kwargs["cache"] = given_cache
         attention_mask_given = attention_mask is not None
         prompt = self._prepare_prompt(input_ids, attention_mask, model_kwargs, config)
         B = prompt.input_ids.shape[0]
@@ -454,7 +454,7 @@ class GenerationMixin:
     @staticmethod
     def _remember_features(reuse: _Reuse | None, inputs: dict[str, Any], outputs: Any) -> None:
         """After a prefill that encoded the images, keep their features (total_image_tokens, H) by content key."""
-        features = getattr(outputs, "image_hidden_states", None)
+        features = merged_features(getattr(outputs, "image_outputs", None))
         if reuse is None or reuse.images is None or inputs.get("pixel_values") is None or features is None:
             return
         reuse.store.features.put(reuse.images, features.reshape(-1, features.shape[-1]))
@@ -479,7 +479,7 @@ class GenerationMixin:
         if expand > 1 and compile:
             raise ValueError("compile=True decodes one sequence per prompt; it cannot be combined with "
                              "num_return_sequences > 1")
-        cache, step = self._kv_cache(model_kwargs.pop("past_key_values", None), reuse, use_cache, config, prompt,
+        cache, step = self._kv_cache(model_kwargs.pop("cache", None), reuse, use_cache, config, prompt,
                                      new_tokens, compile, dynamic=expand > 1)
         keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.forward).parameters else {}
         want_scores = config.return_dict_in_generate and config.output_scores
@@ -505,9 +505,9 @@ class GenerationMixin:
             while True:
                 if step_inputs is not None:  # the prefill, or any step of the eager path
                     outputs = self(**step_inputs, attention_mask=_to(mask, device), use_cache=use_cache,
-                                   past_key_values=cache, return_dict=True, **keep, **extra)
+                                   cache=cache, return_dict=True, **keep, **extra)
                     self._remember_features(reuse, step_inputs, outputs)
-                    cache = outputs.past_key_values if use_cache else None
+                    cache = outputs.cache if use_cache else None
                     logits = outputs.logits[:, -1, :]  # (B, V)
                     layers_attn, layers_hidden = outputs.get("attentions"), outputs.get("hidden_states")
                     del outputs
@@ -590,7 +590,7 @@ class GenerationMixin:
         and the forward's attentions / hidden states (None unless asked for in `extra`)."""
         device = self.device
         model_kwargs = {k: _to(v, device) for k, v in model_kwargs.items()}
-        cache = model_kwargs.pop("past_key_values", None)
+        cache = model_kwargs.pop("cache", None)
         if cache is None:
             cache = DynamicCache()
         elif not isinstance(cache, (DynamicCache, StaticCache)):
@@ -598,8 +598,8 @@ class GenerationMixin:
         mask = None if bool((prompt.attention_mask == 1).all()) else prompt.attention_mask
         keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.forward).parameters else {}
         out = self(**self._prefill_inputs(prompt, cache, model_kwargs), attention_mask=_to(mask, device),
-                   use_cache=True, past_key_values=cache, return_dict=True, **keep, **extra)
-        cache = out.past_key_values
+                   use_cache=True, cache=cache, return_dict=True, **keep, **extra)
+        cache = out.cache
         rows = torch.arange(prompt.input_ids.shape[0], device=device).repeat_interleave(expand)  # (B*n,)
         if expand > 1:
             cache.reorder_cache(rows)

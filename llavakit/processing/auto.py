@@ -12,11 +12,18 @@ from llavakit.processing.image_siglip import SiglipImageProcessor
 from llavakit.processing.image_llava import LlavaImageProcessor
 from llavakit.processing.image_next import LlavaNextImageProcessor
 from llavakit.processing.llava import LlavaProcessor
+from llavakit.processing.image_onevision import LlavaOnevisionImageProcessor
 from llavakit.processing.llava_next import LlavaNextProcessor
+from llavakit.processing.llava_next_video import LlavaNextVideoProcessor
+from llavakit.processing.llava_onevision import LlavaOnevisionProcessor
 from llavakit.processing.tokenizer import AutoTokenizer, drop_transformers_only_kwargs
+from llavakit.processing.video_processor import VIDEO_PROCESSOR_CLASSES, VideoProcessor, load_video_processor_dict
 
-PROCESSOR_CLASSES = {"LlavaProcessor": LlavaProcessor, "LlavaNextProcessor": LlavaNextProcessor}
-MODEL_TYPE_TO_PROCESSOR = {"llava": LlavaProcessor, "llava_next": LlavaNextProcessor}
+PROCESSOR_CLASSES = {"LlavaProcessor": LlavaProcessor, "LlavaNextProcessor": LlavaNextProcessor,
+                     "LlavaOnevisionProcessor": LlavaOnevisionProcessor,
+                     "LlavaNextVideoProcessor": LlavaNextVideoProcessor}
+MODEL_TYPE_TO_PROCESSOR = {"llava": LlavaProcessor, "llava_next": LlavaNextProcessor,
+                           "llava_onevision": LlavaOnevisionProcessor, "llava_next_video": LlavaNextVideoProcessor}
 IMAGE_PROCESSOR_CLASSES = {"CLIPImageProcessor": CLIPImageProcessor, "CLIPImageProcessorFast": CLIPImageProcessor,
                            "CLIPImageProcessorPil": CLIPImageProcessor, "CLIPFeatureExtractor": CLIPImageProcessor}
 IMAGE_PROCESSOR_CLASSES.update(dict.fromkeys(
@@ -25,6 +32,9 @@ IMAGE_PROCESSOR_CLASSES.update({name: LlavaImageProcessor for name in ("LlavaIma
                                                                        "LlavaImageProcessorPil")})
 IMAGE_PROCESSOR_CLASSES.update(dict.fromkeys(
     ["LlavaNextImageProcessor", "LlavaNextImageProcessorFast", "LlavaNextImageProcessorPil"], LlavaNextImageProcessor))
+IMAGE_PROCESSOR_CLASSES.update(dict.fromkeys(
+    ["LlavaOnevisionImageProcessor", "LlavaOnevisionImageProcessorFast", "LlavaOnevisionImageProcessorPil"],
+    LlavaOnevisionImageProcessor))
 
 
 def _read(path_or_repo_id: str | os.PathLike, filename: str, hub: dict[str, Any]) -> dict[str, Any] | None:
@@ -98,3 +108,21 @@ class AutoImageProcessor:
                              f"{sorted(IMAGE_PROCESSOR_CLASSES)}")
         return IMAGE_PROCESSOR_CLASSES[name].from_dict(config, **kwargs)
 
+
+
+class AutoVideoProcessor:
+    """The video processor named by `video_processor_type` in the checkpoint's video processor config."""
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, *, revision: str | None = None,
+                        local_files_only: bool = False, cache_dir: str | None = None, token: str | bool | None = None,
+                        subfolder: str | None = None, force_download: bool = False,
+                        **kwargs: Any) -> VideoProcessor:
+        config = load_video_processor_dict(path_or_repo_id, **_hub(revision, local_files_only, cache_dir, token,
+                                                                    subfolder, force_download))
+        drop_transformers_only_kwargs(kwargs)
+        name = config.get("video_processor_type")
+        if name not in VIDEO_PROCESSOR_CLASSES:
+            raise ValueError(f"video processor {name!r} is not supported by llavakit; supported: "
+                             f"{sorted(VIDEO_PROCESSOR_CLASSES)}")
+        return VIDEO_PROCESSOR_CLASSES[name].from_dict(config, **kwargs)

@@ -177,12 +177,15 @@ def test_wrong_class_names_the_right_one(vicuna_dir, vicuna_tower):
 @pytest.mark.parametrize("changes, message", [
     ({"mm_patch_merge_type": "flat"}, "mm_patch_merge_type='flat'"),
     ({"mm_patch_merge_type": None}, "mm_patch_merge_type=None"),
+    # anyres_max / llava_qwen make it a OneVision checkpoint (tests/loading/test_original_video.py), which
+    # needs a SigLIP tower and anyres_max_N
     ({"image_aspect_ratio": "anyres_max_9", "mm_patch_merge_type": "spatial_unpad_anyres_max_9"},
-     "image_aspect_ratio='anyres_max_9'"),
+     "OneVision checkpoints use a SigLIP vision tower"),
     ({"image_aspect_ratio": "pad"}, "image_aspect_ratio='pad' with mm_patch_merge_type='spatial_unpad'"),
     ({"image_grid_pinpoints": "(1x1),(x)"}, "cannot read image_grid_pinpoints"),
-    ({"architectures": ["LlavaQwenForCausalLM"], "model_type": "llava_qwen"}, "'LlavaQwenForCausalLM'"),
-    ({"architectures": None, "model_type": "llava_qwen"}, "'llava_qwen'"),
+    ({"architectures": ["LlavaQwenForCausalLM"], "model_type": "llava_qwen"}, "image_aspect_ratio='anyres' with"),
+    ({"architectures": ["LlavaGemmaForCausalLM"]}, "'LlavaGemmaForCausalLM'"),
+    ({"architectures": None, "model_type": "llava_gemma"}, "'llava_gemma'"),
 ])
 def test_unsupported_next_variants(tmp_path, vicuna_dir, vicuna_tower, changes, message):
     folder = _edited_copy(vicuna_dir, tmp_path / "x", **changes)
