@@ -1,5 +1,6 @@
 """Soak (outside the default run; run with `pytest -m soak`): 32 concurrent clients for several minutes,
-mixing valid greedy requests (text, images, JSON schema, streamed or not), invalid ones and streams abandoned mid-way.
+mixing valid greedy requests (text, images, JSON schema, streamed or not), invalid ones and streams abandoned
+mid-way.
 Checks: every request gets its answer or its 4xx (nothing lost or stuck), every greedy answer equals the
 same request sent alone, the engine drains to empty, and the process memory stays flat.
 
