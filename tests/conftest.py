@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,4 +92,54 @@ def next_video_processor_dir(tmp_path_factory, video_tokenizer_dir) -> Path:
     """transformers' tiny LlavaNextVideoProcessor as transformers 5 saves it."""
     folder = tmp_path_factory.mktemp("next-video-processor")
     assets.next_video_processor(video_tokenizer_dir).save_pretrained(folder)
+    return folder
+
+
+def _model_with_processor(out_dir: Path, model_dir: Path, processor_dir: Path) -> Path:
+    """A checkpoint folder as the Hub has it: the model's files and the processor's in one place."""
+    shutil.copytree(model_dir, out_dir, dirs_exist_ok=True)
+    shutil.copytree(processor_dir, out_dir, dirs_exist_ok=True)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def onevision_checkpoint_dir(tmp_path_factory, tiny_llava_onevision_dir, video_tokenizer_dir) -> Path:
+    """The tiny LLaVA-OneVision model and its processor (set to the model's anyres_max_4) in one folder."""
+    processor_dir = tmp_path_factory.mktemp("onevision-processor-max4")
+    assets.onevision_processor(video_tokenizer_dir, vision_aspect_ratio=assets.ONEVISION_ASPECT).save_pretrained(
+        processor_dir)
+    return _model_with_processor(tmp_path_factory.mktemp("onevision-full"), tiny_llava_onevision_dir, processor_dir)
+
+
+@pytest.fixture(scope="session")
+def next_video_checkpoint_dir(tmp_path_factory, tiny_llava_next_video_dir, next_video_processor_dir) -> Path:
+    """The tiny LLaVA-NeXT-Video model and its processor in one folder."""
+    return _model_with_processor(tmp_path_factory.mktemp("next-video-full"), tiny_llava_next_video_dir,
+                                 next_video_processor_dir)
+
+
+@pytest.fixture(scope="session")
+def bad_videos(tmp_path_factory, h264_clip) -> Path:
+    """Broken video files beside the clip: truncated, cut, garbage, empty, audio only, zero frames, faststart."""
+    import av
+    import numpy as np
+
+    folder = tmp_path_factory.mktemp("bad-videos")
+    data = h264_clip.read_bytes()
+    (folder / "truncated.mp4").write_bytes(data[:len(data) // 2])  # the index (moov) is at the end: cut off
+    faststart = assets.write_h264_clip(folder / "faststart.mp4", faststart=True)  # the index first, then the frames
+    (folder / "cut.mp4").write_bytes(faststart.read_bytes()[:int(faststart.stat().st_size * 0.6)])
+    (folder / "garbage.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    (folder / "empty.mp4").write_bytes(b"")
+    with av.open(str(folder / "audio.m4a"), "w") as container:  # an audio track only
+        stream = container.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    container = av.open(str(folder / "no-frames.avi"), "w")  # a video stream that never got a frame
+    stream = container.add_stream("mpeg4", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+    container.start_encoding()
+    container.close()
     return folder

@@ -1,4 +1,4 @@
-"""`llavakit generate`: one image (or several) and a prompt in, the model's answer streamed out.
+"""`llavakit generate`: images and/or videos and a prompt in, the model's answer streamed out.
 
 The prompt is wrapped in the model's chat template, as a user of the model's chat would see it.
 Without --model it runs the built-in demo checkpoint (see llavakit/demo.py), which needs no download.
@@ -13,14 +13,24 @@ import threading
 from llavakit.cli.common import add_model_argument, is_demo, read_template
 from llavakit.cli.common import model_path as model_path_of
 
+DEFAULT_NUM_FRAMES = 8  # the llava-hf video model cards sample 8 frames per clip
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="answer a prompt about one or more images",
-                       description="Answer a prompt about one or more images with a LLaVA model.")
+    p = sub.add_parser("generate", help="answer a prompt about images or videos",
+                       description="Answer a prompt about one or more images or videos with a LLaVA model.")
     add_model_argument(p)
     p.add_argument("--image", action="append", default=[],
                    help="image file or http(s) URL; repeat for several images (default with the demo: its example)")
-    p.add_argument("--prompt", default="What is in the image?", help="the question or instruction")
+    p.add_argument("--video", action="append", default=[],
+                   help="video file or http(s) URL (LLaVA-OneVision, LLaVA-NeXT-Video); repeat for several videos")
+    frames = p.add_mutually_exclusive_group()
+    frames.add_argument("--num-frames", type=int, default=None,
+                        help=f"frames sampled uniformly from each video (default: {DEFAULT_NUM_FRAMES}, "
+                             "or all of a shorter video)")
+    frames.add_argument("--fps", type=float, default=None, help="sample this many frames per second of video")
+    p.add_argument("--prompt", default=None,
+                   help="the question or instruction (default: 'What is in the image?' or '... the video?')")
     p.add_argument("--max-new-tokens", type=int, default=64, help="most tokens to generate")
     p.add_argument("--temperature", type=float, default=0.0, help="0 means greedy decoding")
     p.add_argument("--top-p", type=float, default=1.0,
@@ -56,17 +66,22 @@ def run(args: argparse.Namespace) -> int:
             return exit_code
     main_rank = int(os.environ.get("RANK", "0")) == 0
     template = read_template(args.chat_template)
-    model_path, images = model_path_of(args), list(args.image)
-    if is_demo(args) and not images:
+    model_path, images, videos = model_path_of(args), list(args.image), list(args.video)
+    if is_demo(args) and not images and not videos:
         from llavakit import demo
 
         images = [demo.EXAMPLE_IMAGE]
-    if not images:
-        raise ValueError("give at least one --image FILE_OR_URL")
+    if not images and not videos:
+        raise ValueError("give at least one --image FILE_OR_URL or --video FILE_OR_URL")
+    _check_frame_options(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     hub = {"revision": args.revision} if args.revision else {}
     placement = {"tp_plan": "auto"} if tp > 1 else {"device_map": device}
     processor = AutoProcessor.from_pretrained(model_path, **hub)
+    if videos and getattr(processor, "video_processor", None) is None:
+        raise ValueError(f"{model_path} ({type(processor).__name__}) does not take videos; --video needs a "
+                         "LLaVA-OneVision or LLaVA-NeXT-Video checkpoint")
+    clips = [_load_clip(source, args.num_frames, args.fps) for source in videos]  # bad files fail before loading
     if args.quantize and tp > 1:
         raise ValueError("--quantize does not combine with --tensor-parallel-size yet; use one or the other")
     model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=args.dtype, **placement, **hub,
@@ -78,12 +93,20 @@ def run(args: argparse.Namespace) -> int:
     elif args.seed is not None:
         torch.manual_seed(args.seed)
 
-    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": args.prompt}]
+    if videos and getattr(model.config, "video_token_index", None) is None:
+        raise ValueError(f"{model_path} ({type(model).__name__}) has no video support; --video needs a "
+                         "LLaVA-OneVision or LLaVA-NeXT-Video checkpoint")
+    prompt = args.prompt or ("What is in the video?" if videos and not images else "What is in the image?")
+    content = ([{"type": "image"} for _ in images] + [{"type": "video"} for _ in videos]
+               + [{"type": "text", "text": prompt}])
     conversation = [{"role": "user", "content": content}]
     text = processor.apply_chat_template(conversation, add_generation_prompt=True,
                                          chat_template=template)
     pil_images = [load_image(source) for source in images]
-    inputs = processor(images=pil_images, text=text, return_tensors="pt").to(model.device, model.dtype)
+    media = {"images": pil_images or None}
+    if clips:
+        media["videos"] = clips
+    inputs = processor(**media, text=text, return_tensors="pt").to(model.device, model.dtype)
 
     options = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
                    repetition_penalty=args.repetition_penalty)
@@ -122,6 +145,30 @@ def run(args: argparse.Namespace) -> int:
         raise errors[0]
     _check_ranks_agree(outputs[0], tp)
     return 0
+
+
+def _check_frame_options(args: argparse.Namespace) -> None:
+    """--num-frames / --fps: only with --video, and positive."""
+    if (args.num_frames is not None or args.fps is not None) and not args.video:
+        raise ValueError("--num-frames and --fps sample frames from a --video; give a --video FILE_OR_URL")
+    if args.num_frames is not None and args.num_frames < 1:
+        raise ValueError(f"--num-frames must be at least 1, got {args.num_frames}")
+    if args.fps is not None and not args.fps > 0:
+        raise ValueError(f"--fps must be positive, got {args.fps}")
+
+
+def _load_clip(source: str, num_frames: int | None, fps: float | None):
+    """One video's sampled (T, H, W, 3) uint8 frames; by default DEFAULT_NUM_FRAMES (all of a shorter clip)."""
+    from llavakit.processing.video import load_video, sample_indices
+
+    if num_frames is None and fps is None:
+        def default(metadata):
+            return sample_indices(metadata.total_num_frames, min(DEFAULT_NUM_FRAMES, metadata.total_num_frames))
+
+        frames, _ = load_video(source, sample_indices_fn=default)
+    else:
+        frames, _ = load_video(source, num_frames=num_frames, fps=fps)
+    return frames
 
 
 def _check_ranks_agree(output, tp: int) -> None:

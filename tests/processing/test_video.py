@@ -89,26 +89,8 @@ def test_custom_sampling_function(h264_clip):
 
 # ---- bad files ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def bad_files(tmp_path_factory, h264_clip):
-    folder = tmp_path_factory.mktemp("bad-videos")
-    data = h264_clip.read_bytes()
-    (folder / "truncated.mp4").write_bytes(data[:len(data) // 2])  # the index (moov) is at the end: cut off
-    faststart = assets.write_h264_clip(folder / "faststart.mp4", faststart=True)  # the index first, then the frames
-    (folder / "cut.mp4").write_bytes(faststart.read_bytes()[:int(faststart.stat().st_size * 0.6)])
-    (folder / "garbage.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
-    (folder / "empty.mp4").write_bytes(b"")
-    with av.open(str(folder / "audio.m4a"), "w") as container:  # an audio track only
-        stream = container.add_stream("aac", rate=8000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
-        frame.sample_rate = 8000
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    container = av.open(str(folder / "no-frames.avi"), "w")  # a video stream that never got a frame
-    stream = container.add_stream("mpeg4", rate=10)
-    stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-    container.start_encoding()
-    container.close()
-    return folder
+def bad_files(bad_videos):
+    return bad_videos
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
