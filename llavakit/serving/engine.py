@@ -44,6 +44,7 @@ class Prompt:
 
     input_ids: torch.Tensor
     images: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # {"digest", "pixel_values", ...}
+    videos: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # {"digest", "pixel_values_videos"}
 
 
 class Sequence:
@@ -191,16 +192,32 @@ class Engine:
     def _prefill_inputs(self, prompt: Prompt) -> dict[str, Any]:
         """input_ids alone, or embeddings with each image's (cached) features written over its tokens."""
         device, ids = self.model.device, prompt.input_ids.to(self.model.device)
-        if not prompt.images:
+        if not prompt.images and not prompt.videos:
             return {"input_ids": ids}
-        features = torch.cat([self._image_features(image) for image in prompt.images])  # (N_img_tokens, H)
         embeds = self.model.get_input_embeddings()(ids)  # (1, T, H)
-        is_image = ids == self.model.config.image_token_index  # (1, T)
-        if int(is_image.sum()) != features.shape[0]:
-            raise APIError(400, f"the prompt has {int(is_image.sum())} image tokens but its images give "
-                           f"{features.shape[0]} features", "messages")
-        embeds = embeds.masked_scatter(is_image[..., None].to(device), features.to(device, embeds.dtype))
+        for kind, items, features_of, token in (
+                ("image", prompt.images, self._image_features, self.model.config.image_token_index),
+                ("video", prompt.videos, self._video_features, getattr(self.model.config, "video_token_index", None))):
+            if not items:
+                continue
+            features = torch.cat([features_of(item) for item in items])  # (N_tokens, H)
+            is_media = ids == token  # (1, T)
+            if int(is_media.sum()) != features.shape[0]:
+                raise APIError(400, f"the prompt has {int(is_media.sum())} {kind} tokens but its {kind}s give "
+                               f"{features.shape[0]} features", "messages")
+            embeds = embeds.masked_scatter(is_media[..., None].to(device), features.to(device, embeds.dtype))
         return {"inputs_embeds": embeds}
+
+    def _video_features(self, video: dict[str, Any]) -> torch.Tensor:
+        """(tokens, H) features of one video's frames, from the shared cache keyed by its bytes and frames."""
+        key = "video:" + video["digest"]
+        cached = self.features.get(key)
+        if cached is not None:
+            return cached
+        pixels = video["pixel_values_videos"].to(self.model.device, self.model.dtype)  # (1, F, 3, h, w)
+        features = merged_features(self.model.get_video_features(pixels))  # (tokens, H)
+        self.features.put(key, features)
+        return features
 
     def _image_features(self, image: dict[str, Any]) -> torch.Tensor:
         """(tokens, H) features of one image, from the shared cache keyed by its bytes' hash."""

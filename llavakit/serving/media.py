@@ -1,4 +1,4 @@
-"""Fetch and decode the images a request names, under the server's rules.
+"""Fetch and decode the images and videos a request names, under the server's rules.
 
 data: URLs are decoded in memory; http(s) URLs are fetched with a timeout and a size cap, only from public
 addresses (every resolved address is checked, the connection goes to the checked address, and each
@@ -18,6 +18,7 @@ import socket
 import ssl
 import urllib.parse
 
+import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
@@ -30,6 +31,9 @@ class MediaLimits:
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_images: int = 8  # per request
+    max_video_bytes: int = 64 * 1024 * 1024
+    max_videos: int = 2  # per request
+    num_frames: int = 8  # frames sampled from a video part that does not say (all of a shorter video)
     timeout: float = 10.0  # seconds per remote fetch
     max_redirects: int = 3
     allowed_local_path: str | None = None  # file:// URLs only under this folder
@@ -59,8 +63,41 @@ def is_forbidden_address(address: str) -> bool:
     return not ip.is_global or ip.is_multicast or ip.is_private or ip.is_loopback or ip.is_link_local
 
 
+@dataclasses.dataclass
+class Video:
+    """A video's sampled (T, H, W, 3) uint8 RGB frames and the hash of its bytes and frame choice."""
+
+    frames: "np.ndarray"
+    digest: str
+
+
 def load(url: str, limits: MediaLimits) -> Image:
     """Fetch and decode one image URL, or raise APIError (400 refused/undecodable, 413 too large)."""
+    return decode(fetch(url, limits), url, limits)
+
+
+def load_video(url: str, limits: MediaLimits, num_frames: int | None = None) -> Video:
+    """Fetch one video URL (the image rules, with max_video_bytes) and sample num_frames frames from it."""
+    from llavakit.processing.video import load_video as decode_video
+    from llavakit.processing.video import sample_indices
+
+    data = fetch(url, dataclasses.replace(limits, max_image_bytes=limits.max_video_bytes), kind="video")
+
+    def pick(metadata) -> "np.ndarray":
+        wanted = num_frames if num_frames is not None else min(limits.num_frames, metadata.total_num_frames)
+        return sample_indices(metadata.total_num_frames, wanted)
+
+    try:
+        frames, metadata = decode_video(data, sample_indices_fn=pick)
+    except (ValueError, ImportError) as err:
+        raise APIError(400, f"video {_short(url)}: {err}", "messages") from None
+    key = hashlib.sha256(data)
+    key.update(repr(metadata.frames_indices).encode())
+    return Video(frames, key.hexdigest())
+
+
+def fetch(url: str, limits: MediaLimits, kind: str = "image") -> bytes:
+    """The bytes a data:, http(s):// (public hosts only) or file:// (allow-listed) URL names."""
     if url.startswith("data:"):
         data = _data_url(url, limits)
     elif url.startswith(("http://", "https://")):
@@ -68,8 +105,8 @@ def load(url: str, limits: MediaLimits) -> Image:
     elif url.startswith("file://"):
         data = _local_file(url, limits)
     else:
-        raise APIError(400, f"image URL {_short(url)} must be a data:, http(s):// or file:// URL", "messages")
-    return decode(data, url, limits)
+        raise APIError(400, f"{kind} URL {_short(url)} must be a data:, http(s):// or file:// URL", "messages")
+    return data
 
 
 def decode(data: bytes, source: str, limits: MediaLimits) -> Image:

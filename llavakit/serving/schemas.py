@@ -248,10 +248,29 @@ def _check_message(i: int, message: Any) -> dict[str, Any]:
                 raise APIError(422, f"'{where}.content[{j}].image_url' needs a 'url' string",
                                f"{where}.content[{j}].image_url")
             parts.append({"type": "image_url", "url": url})
+        elif kind == "video_url":
+            parts.append(_video_part(part, f"{where}.content[{j}]"))
         else:
-            raise APIError(400, f"'{where}.content[{j}]' must be a text or image_url part, got type {kind!r}",
+            raise APIError(400, f"'{where}.content[{j}]' must be a text, image_url or video_url part, "
+                           f"got type {kind!r}",
                            f"{where}.content[{j}]")
     return {"role": "system" if role == "developer" else role, "content": parts}
+
+
+def _video_part(part: dict, where: str) -> dict:
+    """{"type": "video_url", "video_url": {"url": ..., "num_frames": N?}} -> {"type", "url", "num_frames"}."""
+    video = part.get("video_url")
+    url = video.get("url") if isinstance(video, dict) else video
+    if not isinstance(url, str) or not url:
+        raise APIError(422, f"'{where}.video_url' needs a 'url' string", f"{where}.video_url")
+    num_frames = video.get("num_frames") if isinstance(video, dict) else None
+    if num_frames is None:
+        num_frames = part.get("num_frames")
+    if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int)
+                                   or num_frames < 1):
+        raise APIError(400, f"'{where}.video_url.num_frames' must be a positive integer, got {num_frames!r}",
+                       f"{where}.video_url.num_frames")
+    return {"type": "video_url", "url": url, "num_frames": num_frames}
 
 
 def _stream_options(body: dict) -> tuple[bool, bool]:

@@ -1,0 +1,102 @@
+"""video_url content parts through the official openai client against a live server on tiny OneVision:
+answers equal transformers' greedy answer on the same frames, the image fetch rules, bad videos as 400s."""
+
+import base64
+import shutil
+
+import pytest
+
+from llavakit.processing.video import load_video
+from tests.cli.test_generate_video import transformers_answer
+from tests.serving.conftest import start_server
+
+openai = pytest.importorskip("openai")
+
+
+@pytest.fixture(scope="module")
+def video_dir(tmp_path_factory, h264_clip):
+    folder = tmp_path_factory.mktemp("video-media")
+    shutil.copy(h264_clip, folder / "pan.mp4")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def video_server(onevision_checkpoint_dir, video_dir):
+    from llavakit.serving.media import MediaLimits
+
+    server = start_server(onevision_checkpoint_dir, limits=MediaLimits(allowed_local_path=str(video_dir),
+                                                                       max_videos=1, max_video_bytes=1_000_000))
+    yield server
+    server.close()
+
+
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def video_data_url(path) -> str:
+    return "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def ask(server, video_url: dict, prompt: str = "What happens?", extra_parts: list | None = None):
+    content = [{"type": "video_url", "video_url": video_url}, *(extra_parts or []), {"type": "text", "text": prompt}]
+    return client(server).chat.completions.create(model="tiny-llava", max_tokens=6, temperature=0,
+                                                  messages=[{"role": "user", "content": content}])
+
+
+def test_data_url_video_matches_transformers(video_server, onevision_checkpoint_dir, h264_clip):
+    reply = ask(video_server, {"url": video_data_url(h264_clip), "num_frames": 4})
+    frames, _ = load_video(h264_clip, num_frames=4)
+    expected = transformers_answer(onevision_checkpoint_dir, "What happens?", [frames])
+    assert expected and reply.choices[0].message.content.strip() == expected
+
+
+def test_file_url_under_the_allow_list_with_default_frames(video_server, onevision_checkpoint_dir, video_dir):
+    reply = ask(video_server, {"url": f"file://{video_dir / 'pan.mp4'}"}, "Describe.")
+    frames, _ = load_video(video_dir / "pan.mp4", num_frames=8)  # the server's default num_frames
+    assert reply.choices[0].message.content.strip() == transformers_answer(onevision_checkpoint_dir, "Describe.",
+                                                                           [frames])
+
+
+def bad_request(server, video_url, **kwargs) -> str:
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(server, video_url, **kwargs)
+    assert err.value.status_code == 400
+    return err.value.message
+
+
+@pytest.mark.parametrize("name, message", [
+    ("truncated.mp4", "cannot open .* as a video"),
+    ("cut.mp4", "truncated or corrupt"),
+    ("garbage.mp4", "cannot open .* as a video"),
+    ("audio.m4a", "has no video stream"),
+    ("no-frames.avi", "has a video stream with zero frames"),
+])
+def test_bad_videos_are_400(video_server, bad_videos, name, message):
+    import re
+
+    text = bad_request(video_server, {"url": video_data_url(bad_videos / name)})
+    assert re.search(message, text), text
+
+
+def test_fetch_rules_and_options_are_400(video_server, video_dir, tmp_path, h264_clip):
+    outside = tmp_path / "outside.mp4"
+    outside.write_bytes(h264_clip.read_bytes())
+    assert "outside the allowed media path" in bad_request(video_server, {"url": f"file://{outside}"})
+    assert "non-public" in bad_request(video_server, {"url": "http://127.0.0.1:1/clip.mp4"})
+    assert "must be a data:, http(s):// or file:// URL" in bad_request(video_server, {"url": "ftp://x/clip.mp4"})
+    assert "num_frames' must be a positive integer" in bad_request(
+        video_server, {"url": video_data_url(h264_clip), "num_frames": 0})
+    assert "ask for fewer frames" in bad_request(video_server, {"url": video_data_url(h264_clip), "num_frames": 26})
+    assert "more than the 1 allowed" in bad_request(
+        video_server, {"url": video_data_url(h264_clip)},
+        extra_parts=[{"type": "video_url", "video_url": {"url": video_data_url(h264_clip)}}])
+    assert "video" in bad_request(video_server, {"url": video_data_url(h264_clip), "num_frames": 2},
+                                  prompt="and this <video>?").lower()
+    # the server is unaffected: the next good request answers as before
+    assert ask(video_server, {"url": video_data_url(h264_clip), "num_frames": 2}).choices[0].message.content
+
+
+def test_video_for_an_image_only_model_is_400(live_server, h264_clip):
+    text = bad_request(live_server, {"url": video_data_url(h264_clip)})
+    assert "does not take videos" in text
