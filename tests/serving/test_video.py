@@ -91,8 +91,8 @@ def test_fetch_rules_and_options_are_400(video_server, video_dir, tmp_path, h264
     assert "more than the 1 allowed" in bad_request(
         video_server, {"url": video_data_url(h264_clip)},
         extra_parts=[{"type": "video_url", "video_url": {"url": video_data_url(h264_clip)}}])
-    assert "video" in bad_request(video_server, {"url": video_data_url(h264_clip), "num_frames": 2},
-                                  prompt="and this <video>?").lower()
+    assert "2 <video> tokens and 1 videos" in bad_request(
+        video_server, {"url": video_data_url(h264_clip), "num_frames": 2}, prompt="and this <video>?")
     # the server is unaffected: the next good request answers as before
     assert ask(video_server, {"url": video_data_url(h264_clip), "num_frames": 2}).choices[0].message.content
 
