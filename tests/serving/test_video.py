@@ -100,3 +100,31 @@ def test_fetch_rules_and_options_are_400(video_server, video_dir, tmp_path, h264
 def test_video_for_an_image_only_model_is_400(live_server, h264_clip):
     text = bad_request(live_server, {"url": video_data_url(h264_clip)})
     assert "does not take videos" in text
+
+
+def test_web_page_attaches_a_video(video_server, onevision_checkpoint_dir, h264_clip):
+    """The chat page in headless Chromium: an attached .mp4 goes out as a video_url part; greedy answer as expected."""
+    from tests.serving.test_web import ARGS, CHROMIUM
+
+    if CHROMIUM is None:
+        pytest.skip("no chromium installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    frames, _ = load_video(h264_clip, num_frames=8)  # the server's default num_frames
+    expected = transformers_answer(onevision_checkpoint_dir, "What happens?", [frames])
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(video_server.url + "/")
+            page.fill("#max_tokens", "6")
+            page.set_input_files("#image", str(h264_clip))
+            page.wait_for_selector("#video_preview[src^='data:video']", state="attached", timeout=10_000)
+            assert page.locator("#preview").get_attribute("src") is None
+            page.fill("#prompt", "What happens?")
+            page.click("#send")
+            answer = page.wait_for_selector(".msg[data-done='true']", timeout=60_000)
+            assert "error" not in (answer.get_attribute("class") or ""), answer.text_content()
+            assert answer.text_content() == expected
+            assert page.locator(".msg.user video").count() == 1
+        finally:
+            browser.close()
