@@ -128,3 +128,27 @@ def test_web_page_attaches_a_video(video_server, onevision_checkpoint_dir, h264_
             assert page.locator(".msg.user video").count() == 1
         finally:
             browser.close()
+
+
+def test_image_and_video_in_one_request(video_server, onevision_checkpoint_dir, h264_clip, photos):
+    import PIL.Image
+
+    from tests.serving.conftest import data_url
+
+    reply = ask(video_server, {"url": video_data_url(h264_clip), "num_frames": 3}, "Compare them.",
+                extra_parts=[{"type": "image_url", "image_url": {"url": data_url(photos["chelsea"])}}])
+    frames, _ = load_video(h264_clip, num_frames=3)
+    image = PIL.Image.open(photos["chelsea"]).convert("RGB")
+    expected = transformers_answer(onevision_checkpoint_dir, "Compare them.", [frames], [image])
+    assert reply.choices[0].message.content.strip() == expected
+
+
+def test_next_video_server_matches_transformers(next_video_checkpoint_dir, h264_clip):
+    server = start_server(next_video_checkpoint_dir)
+    try:
+        reply = ask(server, {"url": video_data_url(h264_clip), "num_frames": 4})
+    finally:
+        server.close()
+    frames, _ = load_video(h264_clip, num_frames=4)
+    expected = transformers_answer(next_video_checkpoint_dir, "What happens?", [frames])
+    assert expected and reply.choices[0].message.content.strip() == expected
