@@ -20,6 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch-size", type=int, default=8, help="requests decoded together")
     p.add_argument("--max-model-len", type=int, default=None, help="prompt + output tokens per request")
     p.add_argument("--max-images", type=int, default=8, help="images per request")
+    p.add_argument("--max-videos", type=int, default=2, help="videos (video_url parts) per request")
+    p.add_argument("--num-frames", type=int, default=8,
+                   help="frames sampled from a video whose video_url part gives no num_frames")
     p.add_argument("--allowed-local-media-path", default=None, help="folder file:// image URLs may read from")
     p.add_argument("--api-key", default=os.environ.get("LLAVAKIT_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1 (default: $LLAVAKIT_API_KEY)")
@@ -51,6 +54,8 @@ def build_app(args: argparse.Namespace):  # -> fastapi.FastAPI
 
     if args.max_batch_size < 1:
         raise ValueError(f"--max-batch-size must be at least 1, got {args.max_batch_size}")
+    if args.num_frames < 1:
+        raise ValueError(f"--num-frames must be at least 1, got {args.num_frames}")
     if args.allowed_local_media_path and not os.path.isdir(args.allowed_local_media_path):
         raise ValueError(f"--allowed-local-media-path {args.allowed_local_media_path} is not a folder")
     template = read_template(args.chat_template)
@@ -68,7 +73,8 @@ def build_app(args: argparse.Namespace):  # -> fastapi.FastAPI
     if tp > 1:  # this is rank 0 (see run): its engine tells the other ranks each step
         from llavakit.distributed.serving import LeaderEngine as engine_class
     engine = engine_class(model, processor, max_batch_size=args.max_batch_size, max_model_len=args.max_model_len)
-    limits = MediaLimits(max_images=args.max_images, allowed_local_path=args.allowed_local_media_path)
+    limits = MediaLimits(max_images=args.max_images, allowed_local_path=args.allowed_local_media_path,
+                         max_videos=args.max_videos, num_frames=args.num_frames)
     return create_app(engine, served_name(args), limits, api_key=args.api_key, chat_template=template,
                       access_log=not getattr(args, "no_access_log", False))
 

@@ -152,3 +152,17 @@ def test_next_video_server_matches_transformers(next_video_checkpoint_dir, h264_
     frames, _ = load_video(h264_clip, num_frames=4)
     expected = transformers_answer(next_video_checkpoint_dir, "What happens?", [frames])
     assert expected and reply.choices[0].message.content.strip() == expected
+
+
+def test_serve_cli_video_options(tiny_llava_dir, capsys, monkeypatch):
+    """--num-frames / --max-videos reach the server's media limits; --num-frames 0 is a one-line error."""
+    from llavakit.cli import main as cli
+    from llavakit.cli.serve import build_app
+    from llavakit.serving import app
+
+    assert cli.main(["serve", str(tiny_llava_dir), "--num-frames", "0"]) == 2
+    assert "--num-frames must be at least 1, got 0" in capsys.readouterr().err
+    seen = {}
+    monkeypatch.setattr(app, "create_app", lambda engine, name, limits, **kw: seen.setdefault("limits", limits))
+    build_app(cli.build_parser().parse_args(["serve", str(tiny_llava_dir), "--num-frames", "3", "--max-videos", "1"]))
+    assert (seen["limits"].num_frames, seen["limits"].max_videos) == (3, 1)
