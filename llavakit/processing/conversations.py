@@ -6,7 +6,7 @@ in one of four separator styles. Each template here takes the conv mode's name (
 conv mode's system prompt, and without one the conv mode's own system prompt is used. Images print as
 "<image>\\n" before the message text, as the original CLI and eval scripts write them.
 
-The conv modes come from llava-torch 1.2.2.post1; tests/processing/original_reference.json holds the
+The conv modes come from llava-torch 1.2.2.post1; tests/loading/original_reference.json holds the
 prompts that code printed (scripts/record_original_reference.py).
 """
 
