@@ -21,7 +21,8 @@ LLAVA_LLAMA_2_SYSTEM = ("You are a helpful language and vision assistant. You ar
                         "content that the user provides, and assist the user with a variety of tasks using natural "
                         "language.")
 CHATML_DIRECT_SYSTEM = "Answer the questions."
-MPT_SYSTEM = "A conversation between a user and an LLM-based AI assistant. The assistant gives helpful and honest answers."
+MPT_SYSTEM = ("A conversation between a user and an LLM-based AI assistant. The assistant gives helpful and honest "
+              "answers.")
 
 # One message's text: "<image>\n" per image part, then the text parts joined (a plain string is one text part).
 _MESSAGE = """\
