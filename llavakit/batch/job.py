@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 from llavakit.batch.inputs import read_rows
 from llavakit.batch.output import ResultWriter, done_ids
+from llavakit.progress import ProgressLine
 
 
 @dataclasses.dataclass
@@ -28,7 +28,7 @@ class Progress:
 
     def __init__(self, total: int, disabled: bool) -> None:
         self.total, self.disabled, self.start, self.done = total, disabled, time.time(), 0
-        self.tty = sys.stderr.isatty()
+        self.line = ProgressLine()
 
     def advance(self, rows: int, errors: int) -> None:
         self.done += rows
@@ -39,11 +39,11 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
         line = (f"rows {self.done}/{self.total} | {rate:.2f} rows/s | errors {errors} | "
                 f"eta {int(eta) // 60}:{int(eta) % 60:02d}")
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+        self.line.show(line)
 
     def note(self, text: str) -> None:
         if not self.disabled:
-            print(("\n" if self.tty and self.done else "") + text, file=sys.stderr, flush=True)
+            self.line.note(text)
 
 
 def run_job(model: str, input_path: str, output_path: str, *, prompt: str | None = None,

@@ -1,4 +1,4 @@
-"""`llavakit batch MODEL --input PATH --output results.jsonl`: answer a whole dataset, resumably.
+"""`llavakit batch --model MODEL --input PATH --output results.jsonl`: answer a whole dataset, resumably.
 
 The input is a folder of images, a JSONL / CSV / Parquet table (image paths or URLs, optional id and
 prompt columns) or a LLaVA-format JSON. Each row becomes one JSON line in the output, written as soon as
@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 
+from llavakit.cli.common import add_model_argument, model_path, read_template
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("batch", help="answer a prompt for every row of a dataset, resumably",
                        description="Answer every row of a dataset (folder, JSONL, CSV, Parquet or LLaVA JSON) with "
                                    "greedy decoding, appending JSON lines that a rerun resumes from.")
-    p.add_argument("model", help="checkpoint folder or Hub repo id")
+    add_model_argument(p, positional=True)
     p.add_argument("--input", required=True,
                    help="folder of images, .jsonl / .csv / .parquet (columns: image, optional id and prompt) or "
                         "a LLaVA-format .json")
@@ -23,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", default=None,
                    help="prompt for rows without their own (default: 'What is in the image?')")
     p.add_argument("--chat-template", default=None, help="a built-in template name or a .jinja file")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="most tokens per answer")
     p.add_argument("--batch-size", type=int, default=8, help="rows per generate call (per replica on Ray)")
     p.add_argument("--image-folder", default=None,
                    help="folder that relative image paths start from (default: the input file's folder)")
@@ -33,8 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="run on Ray Data: 'local' starts a local instance, 'auto' or ray://HOST:PORT joins a "
                         "cluster; without ADDRESS Ray's default (RAY_ADDRESS) is used")
     p.add_argument("--num-replicas", type=int, default=1, help="Ray actors, each holding one model")
-    p.add_argument("--gpus-per-replica", type=float, default=0.0)
-    p.add_argument("--cpus-per-replica", type=float, default=1.0)
+    p.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs each Ray actor reserves")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs each Ray actor reserves")
     p.add_argument("--tensor-parallel-size", type=int, default=1,
                    help="split the model over N processes (GPUs, or CPU with gloo); rank 0 writes the results")
     p.add_argument("--json-schema", default=None, metavar="FILE",
@@ -46,7 +48,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from llavakit.batch.job import run_job
-    from llavakit.cli.generate import _read_template
 
     schema = _read_schema(args.json_schema) if args.json_schema else None
     tp = args.tensor_parallel_size
@@ -58,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
         exit_code = start_ranks(args.argv, tp, args.device)
         if exit_code is not None:
             return exit_code
+    template = read_template(args.chat_template)
     summary = run_job(
-        args.model, args.input, args.output, prompt=args.prompt, chat_template=_read_template(args.chat_template),
+        model_path(args), args.input, args.output, prompt=args.prompt, chat_template=template,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, image_folder=args.image_folder,
         dtype=args.dtype, device=args.device, use_ray=args.ray is not None, ray_address=args.ray or None,
         num_replicas=args.num_replicas, gpus_per_replica=args.gpus_per_replica,

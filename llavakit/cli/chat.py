@@ -1,29 +1,35 @@
-"""`llavakit chat MODEL`: a terminal chat that keeps the conversation, with images added by /image PATH.
+"""`llavakit chat --model MODEL`: a terminal chat that keeps the conversation, with images added by /image PATH.
 
-Commands: /image PATH (attach to your next message), /reset (forget the conversation), /quit.
-Answers stream to the terminal as they are generated.
+Commands: /image PATH (attach to your next message), /reset (forget the conversation), /help, /quit.
+Answers stream to the terminal as they are generated; on a terminal the prompt has line editing and history
+(readline), Ctrl-C stops an answer early and, at the prompt, leaves.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
-HELP = "Commands: /image PATH adds an image to your next message, /reset starts over, /quit leaves."
+from llavakit.cli.common import add_model_argument, model_path, read_template
+
+HELP = ("Commands: /image PATH adds an image to your next message, /reset starts over, /help shows this, "
+        "/quit (or Ctrl-D) leaves.")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("chat", help="chat with a model in the terminal",
                        description="Chat with a LLaVA model in the terminal. " + HELP)
-    p.add_argument("model", help="checkpoint folder or Hub repo id")
+    add_model_argument(p, positional=True)
     p.add_argument("--image", action="append", default=[], help="image for the first message (repeatable)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=256,
+                   help="most tokens per answer (fewer when the conversation leaves less room in the context)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 means greedy decoding")
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="nucleus sampling: keep the likeliest tokens up to this mass")
     p.add_argument("--chat-template", default=None, help="a built-in template name or a .jinja file")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.set_defaults(run=run)
 
 
@@ -64,6 +70,18 @@ class ChatSession:
 
         self.pending.append(load_image(path))
 
+    def room(self, prompt_tokens: int) -> int:
+        """max_new_tokens, clamped to what the model's context leaves after the prompt (as the server does)."""
+        text_config = getattr(self.model.config, "text_config", self.model.config)
+        context = getattr(text_config, "max_position_embeddings", None)
+        wanted = self.options.get("max_new_tokens", 256)
+        if context is None:
+            return wanted
+        if prompt_tokens >= context:
+            raise ValueError(f"the conversation is {prompt_tokens} tokens, which fills the model's context of "
+                             f"{context}; /reset to start over")
+        return min(wanted, context - prompt_tokens)
+
     def reset(self) -> None:
         self.messages, self.images, self.pending = [], [], []
 
@@ -77,7 +95,8 @@ class ChatSession:
         inputs = self.processor(images=images or None, text=prompt, return_tensors="pt",
                                 add_special_tokens=not (bos and prompt.startswith(bos)))
         inputs = inputs.to(self.model.device, self.model.dtype)
-        output = self.model.generate(**inputs, **self.options, streamer=_Echo(self.processor.tokenizer, out))
+        options = {**self.options, "max_new_tokens": self.room(inputs["input_ids"].shape[1])}
+        output = self.model.generate(**inputs, **options, streamer=_Echo(self.processor.tokenizer, out))
         out.write("\n")
         answer = self.processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
         self.messages = messages + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
@@ -85,13 +104,38 @@ class ChatSession:
         return answer
 
 
-def chat_loop(session: ChatSession, stdin: TextIO, stdout: TextIO) -> None:
-    """Read lines until EOF or /quit; commands start with '/', anything else is a message."""
-    stdout.write(HELP + "\n")
-    while True:
-        stdout.write("you> ")
+def _reader(stdin: TextIO, stdout: TextIO) -> Callable[[str], str]:
+    """input() with readline's line editing and history on a terminal; plain reads from a pipe or a file."""
+    if stdin is sys.stdin and stdout is sys.stdout and stdin.isatty():
+        try:
+            import readline  # noqa: F401 (importing it gives input() editing and history)
+        except ImportError:  # Windows without pyreadline
+            pass
+
+        def read(prompt: str) -> str:
+            try:
+                return input(prompt) + "\n"
+            except EOFError:
+                return ""
+        return read
+
+    def read_stream(prompt: str) -> str:
+        stdout.write(prompt)
         stdout.flush()
-        line = stdin.readline()
+        return stdin.readline()
+    return read_stream
+
+
+def chat_loop(session: ChatSession, stdin: TextIO, stdout: TextIO) -> None:
+    """Read lines until EOF, /quit or Ctrl-C at the prompt; commands start with '/', anything else is a message.
+    Ctrl-C while an answer streams stops that answer and keeps the conversation as it was before it."""
+    stdout.write(HELP + "\n")
+    read = _reader(stdin, stdout)
+    while True:
+        try:
+            line = read("you> ")
+        except KeyboardInterrupt:
+            line = ""
         if not line:
             stdout.write("\n")
             return
@@ -108,6 +152,8 @@ def chat_loop(session: ChatSession, stdin: TextIO, stdout: TextIO) -> None:
             elif command == "/image":
                 session.add_image(arg.strip())
                 stdout.write(f"(image added: {arg.strip()}; it goes with your next message)\n")
+            elif command == "/help":
+                stdout.write(HELP + "\n")
             elif command.startswith("/"):
                 stdout.write(f"unknown command {command}. {HELP}\n")
             else:
@@ -115,21 +161,26 @@ def chat_loop(session: ChatSession, stdin: TextIO, stdout: TextIO) -> None:
                 session.ask(line, stdout)
         except (ValueError, FileNotFoundError, TypeError) as err:
             stdout.write(f"error: {err}\n")
+        except KeyboardInterrupt:
+            stdout.write("\n(answer stopped)\n")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from llavakit import AutoModelForImageTextToText, AutoProcessor
-    from llavakit.cli.generate import _read_template
 
+    template = read_template(args.chat_template)
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    path = model_path(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    processor = AutoProcessor.from_pretrained(args.model)
-    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=args.dtype, device_map=device).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=args.dtype, device_map=device).eval()
     options: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": args.temperature > 0}
     if args.temperature > 0:
         options.update(temperature=args.temperature, top_p=args.top_p)
-    session = ChatSession(model, processor, options, _read_template(args.chat_template))
+    session = ChatSession(model, processor, options, template)
     for path in args.image:
         session.add_image(path)
     chat_loop(session, sys.stdin, sys.stdout)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 
@@ -40,7 +43,26 @@ def run(args: argparse.Namespace) -> int:
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, vision_tower: str | None = None,
             tokenizer: str | None = None, model_base: str | None = None, dtype: Any = "auto",
             chat_template: str | None = None, allow_pickle: bool = False) -> None:
-    """Write `src` (original layout) to `dst` in the llava-hf layout: model, processor, chat template."""
+    """Write `src` (original layout) to `dst` in the llava-hf layout: model, processor, chat template.
+
+    Everything is written to a temporary folder next to `dst`, renamed to `dst` only when complete: a failed
+    or interrupted conversion leaves no half-written checkpoint behind."""
+    final = Path(dst)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise ValueError(f"{final} already exists and is not empty; convert into a new folder")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    try:
+        _convert(src, staging, vision_tower=vision_tower, tokenizer=tokenizer, model_base=model_base, dtype=dtype,
+                 chat_template=chat_template, allow_pickle=allow_pickle)
+        os.replace(staging, final)  # atomic on one filesystem; replaces an empty dst folder
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _convert(src: str | os.PathLike, dst: Path, *, vision_tower: str | None, tokenizer: str | None,
+             model_base: str | None, dtype: Any, chat_template: str | None, allow_pickle: bool) -> None:
     from llavakit.loading import original
     from llavakit.loading.hub import read_json, resolve_file
 
@@ -54,8 +76,15 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, vision_tower: str
     if allow_pickle:
         options["use_safetensors"] = False
     model = model_class.from_pretrained(src, **options)
+    if kind == "llava_next" and data.get("image_grid_pinpoints") is not None:
+        # llava-hf configs carry the list as written (read as height, width), as transformers' converter
+        # writes it; loaded directly, the original checkpoint tiles as the original code (see original.py)
+        model.config.image_grid_pinpoints = original.written_pinpoints(data["image_grid_pinpoints"],
+                                                                       model.config.vision_config.image_size)
     model.save_pretrained(dst)
 
+    if tokenizer is None and resolve_file(src, "adapter_config.json", required=False) is not None:
+        tokenizer = original.lora_base(src, {}, model_base)  # a LoRA folder has none: the base's, as the original
     processor = build_processor(model.config, data, src, tokenizer=tokenizer, vision_tower=vision_tower,
                                 chat_template=chat_template, kind=kind)
     processor.save_pretrained(dst)

@@ -11,16 +11,20 @@ import argparse
 import json
 import os
 import string
+import sys
 from typing import Any
+
+from llavakit.cli.common import add_model_argument, model_path, read_template
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval-mc", help="multiple-choice accuracy of a model on a JSON / JSONL file",
                        description="Score each option by the model's log-likelihood, print accuracy, write predictions.")
-    p.add_argument("--model", required=True, help="checkpoint folder or Hub repo id")
+    add_model_argument(p)
     p.add_argument("--data", required=True, help="JSON list or JSONL of {image, question, options, answer} rows")
     p.add_argument("--image-folder", default=".", help="folder that row images are relative to")
-    p.add_argument("--output", required=True, help="JSONL file for the per-row predictions")
+    p.add_argument("--output", required=True,
+                   help="JSONL file for the per-row predictions (a row that fails gets an 'error' line instead)")
     p.add_argument("--chat-template", default=None,
                    help="a built-in template name or a .jinja file (default: the checkpoint's own)")
     p.add_argument("--batch-size", type=int, default=4, help="questions per forward pass")
@@ -134,7 +138,6 @@ def score_batch(model: Any, processor: Any, rows: list[dict[str, Any]], images: 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from llavakit.cli.generate import _read_template
     from llavakit.config import AutoConfig
     from llavakit.models.heads import MULTIPLE_CHOICE_CLASSES
     from llavakit.processing.auto import AutoProcessor
@@ -145,27 +148,66 @@ def run(args: argparse.Namespace) -> int:
     rows = read_rows(args.data)
     if not rows:
         raise ValueError(f"{args.data} holds no rows")
-    model_type = AutoConfig.from_pretrained(args.model).model_type
+    template = read_template(args.chat_template)
+    path = model_path(args)
+    model_type = AutoConfig.from_pretrained(path).model_type
     if model_type not in MULTIPLE_CHOICE_CLASSES:
         raise ValueError(f"eval-mc supports model types {sorted(MULTIPLE_CHOICE_CLASSES)}, not {model_type!r}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = MULTIPLE_CHOICE_CLASSES[model_type].from_pretrained(args.model, dtype=args.dtype, device_map=device)
-    processor = AutoProcessor.from_pretrained(args.model)
-    template = _read_template(args.chat_template)
+    model = MULTIPLE_CHOICE_CLASSES[model_type].from_pretrained(path, dtype=args.dtype, device_map=device)
+    processor = AutoProcessor.from_pretrained(path)
 
-    correct = 0
+    def image_of(row: dict[str, Any]) -> Any:
+        return None if row["image"] is None else load_image(os.path.join(args.image_folder, row["image"]))
+
+    def score(chunk: list[dict[str, Any]], images: list[Any]) -> list[list[float]]:
+        return score_batch(model, processor, chunk, images, template, args.length_normalized)
+
+    correct = scored = failed = 0
     with open(args.output, "w", encoding="utf-8") as out:
         for start in range(0, len(rows), args.batch_size):
-            chunk = rows[start:start + args.batch_size]
-            images = [None if row["image"] is None else load_image(os.path.join(args.image_folder, row["image"]))
-                      for row in chunk]
-            for row, scores in zip(chunk, score_batch(model, processor, chunk, images, template,
-                                                      args.length_normalized)):
-                prediction = max(range(len(scores)), key=scores.__getitem__)
+            for row, result in _score_rows(rows[start:start + args.batch_size], image_of, score):
+                if isinstance(result, str):  # this row failed: record why and go on, as batch does
+                    failed += 1
+                    print(f"llavakit eval-mc: row {row['id']}: {result}", file=sys.stderr)
+                    out.write(json.dumps(dict(id=row["id"], question=row["question"], error=result)) + "\n")
+                    continue
+                prediction = max(range(len(result)), key=result.__getitem__)
+                scored += 1
                 correct += prediction == row["answer"]
                 out.write(json.dumps(dict(id=row["id"], question=row["question"], options=row["options"],
                                           answer=row["answer"], prediction=prediction,
                                           prediction_text=row["options"][prediction],
-                                          correct=prediction == row["answer"], scores=scores)) + "\n")
-    print(f"accuracy: {correct / len(rows):.4f} ({correct}/{len(rows)})")
-    return 0
+                                          correct=prediction == row["answer"], scores=result)) + "\n")
+    if scored:
+        print(f"accuracy: {correct / scored:.4f} ({correct}/{scored})")
+    if failed:
+        print(f"llavakit eval-mc: {failed} of {len(rows)} rows failed and are not in the accuracy (their 'error' "
+              f"is in {args.output})", file=sys.stderr)
+    return 0 if scored else 1
+
+
+def _score_rows(chunk: list[dict[str, Any]], image_of: Any, score: Any) -> list[tuple[dict[str, Any], Any]]:
+    """(row, option scores) for each row of a chunk, or (row, error message) for a row that cannot be scored.
+    Rows whose image loads are scored together; if that fails, one by one, so one bad row spoils only itself."""
+    results: dict[int, Any] = {}
+    good: list[int] = []
+    images: dict[int, Any] = {}
+    for i, row in enumerate(chunk):
+        try:
+            images[i] = image_of(row)
+            good.append(i)
+        except (ValueError, OSError) as err:
+            results[i] = str(err)
+    groups = [good] if good else []
+    while groups:
+        group = groups.pop()
+        try:
+            for i, scores in zip(group, score([chunk[i] for i in group], [images[i] for i in group])):
+                results[i] = scores
+        except (ValueError, RuntimeError) as err:
+            if len(group) == 1:
+                results[group[0]] = str(err)
+            else:
+                groups.extend([i] for i in group)
+    return [(row, results[i]) for i, row in enumerate(chunk)]

@@ -8,22 +8,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import threading
+
+from llavakit.cli.common import add_model_argument, is_demo, read_template
+from llavakit.cli.common import model_path as model_path_of
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="answer a prompt about one or more images",
                        description="Answer a prompt about one or more images with a LLaVA model.")
-    p.add_argument("--model", help="checkpoint folder or Hub repo id (default: the built-in demo model)")
+    add_model_argument(p)
     p.add_argument("--image", action="append", default=[],
                    help="image file or http(s) URL; repeat for several images (default with the demo: its example)")
     p.add_argument("--prompt", default="What is in the image?", help="the question or instruction")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="most tokens to generate")
     p.add_argument("--temperature", type=float, default=0.0, help="0 means greedy decoding")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="nucleus sampling: keep the likeliest tokens up to this mass")
+    p.add_argument("--top-k", type=int, default=50, help="sampling: keep only the k likeliest tokens")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="1.0 means no penalty")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -41,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from llavakit import AutoProcessor, LlavaForConditionalGeneration, TextIteratorStreamer
+    from llavakit import AutoModelForImageTextToText, AutoProcessor, TextIteratorStreamer
     from llavakit.processing.image import load_image
 
     tp = args.tensor_parallel_size
@@ -52,14 +55,12 @@ def run(args: argparse.Namespace) -> int:
         if exit_code is not None:
             return exit_code
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    model_path, images = args.model, list(args.image)
-    if model_path is None:
+    template = read_template(args.chat_template)
+    model_path, images = model_path_of(args), list(args.image)
+    if is_demo(args) and not images:
         from llavakit import demo
 
-        model_path = demo.demo_checkpoint()
-        images = images or [demo.EXAMPLE_IMAGE]
-        if not demo.has_trained_model() and main_rank:
-            print(demo.NOTICE, file=sys.stderr)
+        images = [demo.EXAMPLE_IMAGE]
     if not images:
         raise ValueError("give at least one --image FILE_OR_URL")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -68,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
     processor = AutoProcessor.from_pretrained(model_path, **hub)
     if args.quantize and tp > 1:
         raise ValueError("--quantize does not combine with --tensor-parallel-size yet; use one or the other")
-    model = LlavaForConditionalGeneration.from_pretrained(model_path, dtype=args.dtype, **placement, **hub,
-                                                          quantization_config=args.quantize)
+    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=args.dtype, **placement, **hub,
+                                                        quantization_config=args.quantize)
     if tp > 1:  # every rank must draw the same samples
         from llavakit.distributed.launch import shared_seed
 
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     content = [{"type": "image"} for _ in images] + [{"type": "text", "text": args.prompt}]
     conversation = [{"role": "user", "content": content}]
     text = processor.apply_chat_template(conversation, add_generation_prompt=True,
-                                         chat_template=_read_template(args.chat_template))
+                                         chat_template=template)
     pil_images = [load_image(source) for source in images]
     inputs = processor(images=pil_images, text=text, return_tensors="pt").to(model.device, model.dtype)
 
@@ -130,11 +131,4 @@ def _check_ranks_agree(output, tp: int) -> None:
         check_ranks_agree(output)
 
 
-def _read_template(name_or_file: str | None) -> str | None:
-    """A .jinja file's text, or a built-in template's name, or None for the checkpoint's own."""
-    if name_or_file is None:
-        return None
-    if name_or_file.endswith((".jinja", ".j2", ".txt")):
-        with open(name_or_file, encoding="utf-8") as f:
-            return f.read()
-    return name_or_file
+_read_template = read_template  # the older name, for code that imports it from here

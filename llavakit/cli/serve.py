@@ -1,4 +1,4 @@
-"""`llavakit serve MODEL`: the OpenAI-compatible HTTP server (chat, completions, models, health, metrics)
+"""`llavakit serve --model MODEL`: the OpenAI-compatible HTTP server (chat, completions, models, health, metrics)
 with continuous batching, plus a chat page at /. Needs the `serve` extra (fastapi, uvicorn)."""
 
 from __future__ import annotations
@@ -7,13 +7,15 @@ import argparse
 import os
 import sys
 
+from llavakit.cli.common import DEMO, add_model_argument, bind_port, check_port, model_path, read_template
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
                        description="Serve a LLaVA model over an OpenAI-compatible HTTP API with a web chat page.")
-    p.add_argument("model", help="checkpoint folder or Hub repo id")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    add_model_argument(p, positional=True)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     p.add_argument("--served-model-name", default=None, help="the id clients send as 'model' (default: MODEL)")
     p.add_argument("--max-batch-size", type=int, default=8, help="requests decoded together")
     p.add_argument("--max-model-len", type=int, default=None, help="prompt + output tokens per request")
@@ -28,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="quantize the language model: int8/int4 weight-only (llavakit), nf4/fp4/bnb-int8 (bitsandbytes)")
     p.add_argument("--tensor-parallel-size", type=int, default=1,
                    help="split the model over N processes (GPUs, or CPU with gloo); rank 0 serves")
+    p.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="serve from model replicas on Ray Serve, one endpoint in front: 'local' starts a local "
                         "instance, 'auto' or ray://HOST:PORT joins a cluster (bare --ray: RAY_ADDRESS)")
@@ -42,7 +45,6 @@ def build_app(args: argparse.Namespace):  # -> fastapi.FastAPI
     import torch
 
     from llavakit import AutoModelForImageTextToText, AutoProcessor
-    from llavakit.cli.generate import _read_template
     from llavakit.serving.app import create_app
     from llavakit.serving.engine import Engine
     from llavakit.serving.media import MediaLimits
@@ -51,22 +53,29 @@ def build_app(args: argparse.Namespace):  # -> fastapi.FastAPI
         raise ValueError(f"--max-batch-size must be at least 1, got {args.max_batch_size}")
     if args.allowed_local_media_path and not os.path.isdir(args.allowed_local_media_path):
         raise ValueError(f"--allowed-local-media-path {args.allowed_local_media_path} is not a folder")
+    template = read_template(args.chat_template)
+    path = model_path(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     tp = getattr(args, "tensor_parallel_size", 1)
     placement = {"tp_plan": "auto"} if tp > 1 else {"device_map": device}
-    processor = AutoProcessor.from_pretrained(args.model)
+    processor = AutoProcessor.from_pretrained(path)
     quantize = getattr(args, "quantize", None)
     if quantize and tp > 1:
         raise ValueError("--quantize does not combine with --tensor-parallel-size yet; use one or the other")
-    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=args.dtype, **placement,
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=args.dtype, **placement,
                                                         quantization_config=quantize).eval()
     engine_class = Engine
     if tp > 1:  # this is rank 0 (see run): its engine tells the other ranks each step
         from llavakit.distributed.serving import LeaderEngine as engine_class
     engine = engine_class(model, processor, max_batch_size=args.max_batch_size, max_model_len=args.max_model_len)
     limits = MediaLimits(max_images=args.max_images, allowed_local_path=args.allowed_local_media_path)
-    name = args.served_model_name or args.model
-    return create_app(engine, name, limits, api_key=args.api_key, chat_template=_read_template(args.chat_template))
+    return create_app(engine, served_name(args), limits, api_key=args.api_key, chat_template=template,
+                      access_log=not getattr(args, "no_access_log", False))
+
+
+def served_name(args: argparse.Namespace) -> str:
+    """The model id clients send: --served-model-name, else the name given on the command line ('demo')."""
+    return args.served_model_name or args.model or getattr(args, "model_positional", None) or DEMO
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,13 +87,15 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "ray", None) is not None:
         return _serve_on_ray(args)
     if args.tensor_parallel_size != 1:
+        check_port(args.host, args.port)  # in the launcher too, before it starts the ranks
         follower = _tensor_parallel(args)
         if follower is not None:
             return follower
+    sock = bind_port(args.host, args.port)  # before minutes of loading: a taken port fails at once
     app = build_app(args)
-    print(f"llavakit: serving {args.served_model_name or args.model} on http://{args.host}:{args.port}",
-          file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    print(f"llavakit: serving {served_name(args)} on http://{args.host}:{args.port} (chat page at /, API at /v1)",
+          file=sys.stderr, flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     return 0
 
 
@@ -102,8 +113,9 @@ def _tensor_parallel(args: argparse.Namespace) -> int | None:
     from llavakit import AutoModelForImageTextToText, AutoProcessor
     from llavakit.distributed.serving import FollowerEngine
 
-    processor = AutoProcessor.from_pretrained(args.model)
-    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=args.dtype, tp_plan="auto").eval()
+    path = model_path(args)
+    processor = AutoProcessor.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=args.dtype, tp_plan="auto").eval()
     FollowerEngine(model, processor, max_batch_size=args.max_batch_size, max_model_len=args.max_model_len).run()
     return 0
 

@@ -1,4 +1,5 @@
-"""`--tensor-parallel-size N` for the CLI: re-run the same command under torchrun with N processes.
+"""`--tensor-parallel-size N` (and `llavakit train --nproc-per-node N`) for the CLI: re-run the same command under
+torchrun with N processes.
 
 Every rank runs the same command on the same inputs (same greedy or seeded computation); only rank 0
 prints or serves. Inside torchrun (WORLD_SIZE set) nothing is re-launched.
@@ -41,10 +42,10 @@ def start_ranks(argv: list[str], tensor_parallel_size: int, device: str | None) 
     return None if under_torchrun() else relaunch(argv, tensor_parallel_size)
 
 
-def relaunch(argv: list[str], tensor_parallel_size: int) -> int:
-    """Run `llavakit <argv>` under torchrun with `tensor_parallel_size` processes on this machine; its exit code."""
+def relaunch(argv: list[str], nproc: int) -> int:
+    """Run `llavakit <argv>` under torchrun with `nproc` processes on this machine; its exit code."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={tensor_parallel_size}", "-m", "llavakit.cli.main", *argv]
+               f"--nproc-per-node={nproc}", "-m", "llavakit.cli.main", *argv]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     child = subprocess.Popen(command, env=env)
     forward = threading.current_thread() is threading.main_thread()

@@ -7,9 +7,10 @@ copies of the weights exist, so a 7B checkpoint loads in bf16 within about 15 Gi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -88,7 +89,7 @@ def load_pretrained(cls: type, path_or_repo_id: str | os.PathLike, *, config: Pr
     target_dtype = _resolve_dtype(torch_dtype if torch_dtype is not None else dtype, config)
 
     files = checkpoint_files(path_or_repo_id, use_safetensors, hub) if original_checkpoint is None else []
-    with torch.device("meta"):
+    with torch.device("meta"), _skip_init():
         model = cls(config)
     placement = device_maps.plan(model, device_map, max_memory=max_memory, dtype=target_dtype)
     device = placement.device_of if placement.is_split else placement.single
@@ -114,6 +115,28 @@ def load_pretrained(cls: type, path_or_repo_id: str | os.PathLike, *, config: Pr
         model.generation_config = _read_generation_config(path_or_repo_id, config, hub)
     model.name_or_path = os.fspath(path_or_repo_id)
     return model
+
+
+@contextlib.contextmanager
+def _skip_init() -> Iterator[None]:
+    """Build modules without torch's random init (loading overwrites every weight). On the meta device init
+    fills nothing anyway, but nn.init.normal_ there imports torch._dynamo: seconds of CLI start-up."""
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+    for name in saved:
+        setattr(nn.init, name, _keep)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
+
+
+_INIT_FUNCTIONS = ("normal_", "trunc_normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+                   "xavier_normal_", "constant_", "zeros_", "ones_")
+
+
+def _keep(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return tensor
 
 
 def _config_from_dict(cls: type, data: dict[str, Any]) -> PretrainedConfig:

@@ -1,6 +1,6 @@
 """The KV caches that carry keys and values between forward calls (prefill, then one token at a time).
 
-`past_key_values` in and out of every decoder forward is a cache with transformers' interface:
+`cache` in and out of every decoder forward is a cache with transformers' interface:
 `cache.update(k, v, layer_idx)` appends and returns the keys/values the layer attends to. DynamicCache grows
 by concatenation; StaticCache writes into buffers allocated once (what generate uses, and what a compiled
 or CUDA-graph decode step needs: fixed shapes and addresses).

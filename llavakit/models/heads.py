@@ -20,12 +20,13 @@ from llavakit.config.base import PretrainedConfig
 from llavakit.config.llava import LlavaConfig
 from llavakit.config.llava_next import LlavaNextConfig
 from llavakit.config.vipllava import VipLlavaConfig
+from llavakit.deprecation import accepts_renamed_kwargs
 from llavakit.models.base import PreTrainedModel
 from llavakit.models.cache import DynamicCache
 from llavakit.models.layers import init_weights
 from llavakit.models.llava import LlavaModel
 from llavakit.models.llava_next import LlavaNextModel
-from llavakit.models.outputs import ModelOutput, Tensors
+from llavakit.models.outputs import ModelOutput, Tensors, model_output
 from llavakit.models.vipllava import VipLlavaModel
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
@@ -33,11 +34,11 @@ LABEL_KWARGS = ("num_labels", "id2label", "label2id", "problem_type")
 
 
 # ---- outputs ---------------------------------------------------------------------------------------
-@dataclasses.dataclass
+@model_output
 class SequenceClassifierOutputWithPast(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None  # (B, num_labels)
-    past_key_values: DynamicCache | None = None
+    cache: DynamicCache | None = None
     hidden_states: Tensors | None = None
     attentions: Tensors | None = None
 
@@ -227,15 +228,16 @@ class SequenceClassificationHead(_TaskHead):
         self.score = nn.Linear(self.hidden_size, self.num_labels, bias=False)
         self._init_head()
 
+    @accepts_renamed_kwargs
     def forward(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.LongTensor | None = None,
-                past_key_values: DynamicCache | None = None, inputs_embeds: torch.Tensor | None = None,
+                cache: DynamicCache | None = None, inputs_embeds: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, use_cache: bool | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, **image_kwargs: Any) -> SequenceClassifierOutputWithPast | tuple:
         """`image_kwargs` go to the base model as they are (image_sizes, vision_feature_layer, ...)."""
         out = self._base(input_ids, pixel_values, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                         cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
                          output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                          **image_kwargs)
         logits = self.score(out.last_hidden_state)  # (B, T, L)
@@ -243,7 +245,7 @@ class SequenceClassificationHead(_TaskHead):
         last = last_non_pad_index(input_ids, _pad_token_id(self.config), batch)
         pooled = logits[torch.arange(batch, device=logits.device), last]  # (B, L)
         loss = sequence_classification_loss(pooled, labels, self.config) if labels is not None else None
-        result = SequenceClassifierOutputWithPast(loss=loss, logits=pooled, past_key_values=out.past_key_values,
+        result = SequenceClassifierOutputWithPast(loss=loss, logits=pooled, cache=out.cache,
                                                   hidden_states=out.hidden_states, attentions=out.attentions)
         return result if return_dict is not False else result.to_tuple()
 
@@ -263,15 +265,16 @@ class TokenClassificationHead(_TaskHead):
                                bias=getattr(config, "token_classification_bias", True))
         self._init_head()
 
+    @accepts_renamed_kwargs
     def forward(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.LongTensor | None = None,
-                past_key_values: DynamicCache | None = None, inputs_embeds: torch.Tensor | None = None,
+                cache: DynamicCache | None = None, inputs_embeds: torch.Tensor | None = None,
                 labels: torch.LongTensor | None = None, use_cache: bool | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, **image_kwargs: Any) -> TokenClassifierOutput | tuple:
         """`labels` (B, T), -100 where ignored (e.g. the `<image>` and pad positions)."""
         out = self._base(input_ids, pixel_values, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                         cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
                          output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                          **image_kwargs)
         logits = self.score(self.dropout(out.last_hidden_state))  # (B, T, L)
@@ -295,15 +298,16 @@ class QuestionAnsweringHead(_TaskHead):
         self.qa_outputs = nn.Linear(self.hidden_size, 2)
         self._init_head()
 
+    @accepts_renamed_kwargs
     def forward(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.LongTensor | None = None,
-                past_key_values: DynamicCache | None = None, inputs_embeds: torch.Tensor | None = None,
+                cache: DynamicCache | None = None, inputs_embeds: torch.Tensor | None = None,
                 start_positions: torch.LongTensor | None = None, end_positions: torch.LongTensor | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, **image_kwargs: Any) -> QuestionAnsweringModelOutput | tuple:
         """The loss needs both `start_positions` and `end_positions` (B,); out-of-range positions are ignored."""
         out = self._base(input_ids, pixel_values, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+                         cache=cache, inputs_embeds=inputs_embeds,
                          output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                          **image_kwargs)
         logits = self.qa_outputs(out.last_hidden_state)  # (B, T, 2)

@@ -220,11 +220,20 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: 
 
 
 @torch.no_grad()
+def normal_(tensor: torch.Tensor, std: float) -> torch.Tensor:
+    """tensor.normal_(0, std), skipped on the meta device (no values to fill; see init_weights)."""
+    return tensor if tensor.is_meta else tensor.normal_(0.0, std)
+
+
+@torch.no_grad()
 def init_weights(model: nn.Module, std: float, skip: tuple[type, ...] = ()) -> None:
     """Random init for a freshly built model: normal(0, std) for linear/conv/embedding weights, zero
     biases, ones/zeros for norms. Submodules of a type in `skip` (models that initialised themselves)
-    are left alone.
+    are left alone. Meta-device modules (from_pretrained builds there, then loads) are skipped: they hold
+    no values, and normal_ on meta costs seconds (it imports torch._dynamo).
     """
+    if any(p.is_meta for p in model.parameters()):
+        return
     stack = list(model.children())
     while stack:
         module = stack.pop()

@@ -10,6 +10,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from llavakit.config.llama import LlamaConfig, MistralConfig
+from llavakit.deprecation import accepts_renamed_kwargs
 from llavakit.generation.utils import GenerationMixin
 from llavakit.models.base import PreTrainedModel
 from llavakit.models.cache import DynamicCache
@@ -114,8 +115,9 @@ class LlamaModel(PreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
+    @accepts_renamed_kwargs
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, past_key_values: DynamicCache | None = None,
+                position_ids: torch.LongTensor | None = None, cache: DynamicCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, cache_position: torch.Tensor | None = None,
@@ -130,11 +132,11 @@ class LlamaModel(PreTrainedModel):
             raise ValueError(f"inputs_embeds must be (batch, seq_len, hidden), got shape {tuple(inputs_embeds.shape)}")
         B, T, _ = inputs_embeds.shape
         use_cache = config.use_cache if use_cache is None else use_cache
-        if isinstance(past_key_values, (tuple, list)):
-            past_key_values = DynamicCache.from_legacy_cache(past_key_values)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache()
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if isinstance(cache, (tuple, list)):
+            cache = DynamicCache.from_legacy_cache(cache)
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        past_len = cache.get_seq_length() if cache is not None else 0
         _check_context(config, past_len, T)
 
         segments = None
@@ -145,7 +147,7 @@ class LlamaModel(PreTrainedModel):
             position_ids = position_ids[None] if position_ids.ndim == 1 else position_ids
             if position_ids.shape[-1] != T:
                 raise ValueError(f"position_ids cover {position_ids.shape[-1]} positions but the input has {T}")
-            if attention_mask is None and past_key_values is None:
+            if attention_mask is None and cache is None:
                 segments = packed_segments(position_ids.expand(B, T))
 
         eager = attn_implementation(config) == "eager" or bool(output_attentions)
@@ -163,7 +165,7 @@ class LlamaModel(PreTrainedModel):
                 x, probs = torch.utils.checkpoint.checkpoint(layer, x, cos_sin, mask, None, eager,
                                                              use_reentrant=False)
             else:
-                x, probs = layer(x, cos_sin, mask, past_key_values, eager)
+                x, probs = layer(x, cos_sin, mask, cache, eager)
             if output_attentions:
                 all_attn.append(probs)
         x = self.norm(x)
@@ -171,7 +173,7 @@ class LlamaModel(PreTrainedModel):
             all_hidden.append(x)
 
         out = BaseModelOutputWithPast(
-            last_hidden_state=x, past_key_values=past_key_values,
+            last_hidden_state=x, cache=cache,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             attentions=tuple(all_attn) if output_attentions else None,
         )
@@ -240,8 +242,9 @@ class LlamaForCausalLM(PreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
+    @accepts_renamed_kwargs
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, past_key_values: DynamicCache | None = None,
+                position_ids: torch.LongTensor | None = None, cache: DynamicCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
                 use_cache: bool | None = None, output_attentions: bool | None = None,
                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
@@ -250,7 +253,7 @@ class LlamaForCausalLM(PreTrainedModel, GenerationMixin):
                 num_items_in_batch: int | torch.Tensor | None = None) -> CausalLMOutputWithPast | tuple:
         """Logits for the kept positions (`logits_to_keep`), and the shifted LM loss when `labels` are given."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                         cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
                          output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         if num_logits_to_keep is not None:  # the name before transformers 4.50
             logits_to_keep = num_logits_to_keep
@@ -258,7 +261,7 @@ class LlamaForCausalLM(PreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits, labels, num_items_in_batch=num_items_in_batch)
-        result = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
+        result = CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache,
                                         hidden_states=out.hidden_states, attentions=out.attentions)
         return result if return_dict is not False else result.to_tuple()
 

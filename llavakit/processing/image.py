@@ -59,7 +59,10 @@ def _open_image(data: bytes | str, source: Any, max_pixels: int) -> PIL.Image.Im
             image.load()
     except PIL.Image.DecompressionBombError as err:
         raise ValueError(f"image {_describe(source)} is too large to decode safely: {err}") from None
-    except (PIL.UnidentifiedImageError, OSError, SyntaxError) as err:
+    except PIL.UnidentifiedImageError:  # its message names a BytesIO object: say what is wrong instead
+        raise ValueError(f"cannot decode an image from {_describe(source)}: not an image format Pillow reads "
+                         "(PNG, JPEG, WebP, GIF, BMP, TIFF, ...)") from None
+    except (OSError, SyntaxError) as err:
         raise ValueError(f"cannot decode an image from {_describe(source)}: {err}") from None
     return image
 

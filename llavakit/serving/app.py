@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llavakit.serving import prompt as prompts
+from llavakit.serving.defaults import apply_defaults, sampling_defaults
 from llavakit.serving.engine import Engine, Event
 from llavakit.serving.media import MediaLimits
 from llavakit.serving.schemas import APIError, ChatRequest, parse_chat, parse_completion
@@ -28,9 +30,12 @@ STATIC = Path(__file__).parent / "static"
 
 
 def create_app(engine: Engine, model_name: str, limits: MediaLimits | None = None, api_key: str | None = None,
-               chat_template: str | None = None, max_body_bytes: int = 32 * 1024 * 1024) -> FastAPI:
-    """The server around a started (or to-be-started) engine; the app starts and stops it with itself."""
+               chat_template: str | None = None, max_body_bytes: int = 32 * 1024 * 1024,
+               access_log: bool = False) -> FastAPI:
+    """The server around a started (or to-be-started) engine; the app starts and stops it with itself.
+    `access_log` prints one line per request to stderr (client, method, path, status, seconds)."""
     limits = limits or MediaLimits()
+    defaults = sampling_defaults(getattr(engine.model, "generation_config", None))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -44,14 +49,16 @@ def create_app(engine: Engine, model_name: str, limits: MediaLimits | None = Non
 
     @app.middleware("http")
     async def auth_and_count(request: Request, call_next: Any) -> Any:
-        if api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
-                response = _error(APIError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
-                                           code="invalid_api_key"))
-                metrics.inc("requests_total", endpoint=request.url.path, status="401")
-                return response
-        response = await call_next(request)
+        start = time.perf_counter()
+        if api_key and request.url.path.startswith("/v1/") and \
+                request.headers.get("authorization", "") != f"Bearer {api_key}":
+            response = _error(APIError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
+                                       code="invalid_api_key"))
+        else:
+            response = await call_next(request)
         metrics.inc("requests_total", endpoint=request.url.path, status=str(response.status_code))
+        if access_log:
+            _log_request(request, response.status_code, time.perf_counter() - start)
         return response
 
     @app.exception_handler(APIError)
@@ -100,19 +107,31 @@ def create_app(engine: Engine, model_name: str, limits: MediaLimits | None = Non
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        req = parse_chat(await read_body(request))
+        body = await read_body(request)
+        req = parse_chat(body)
+        apply_defaults(req.sampling, body, defaults)
         check_model(req)
         prompt = await run_in_threadpool(prompts.encode_chat, engine.processor, req, limits, chat_template)
         return await _respond(request, engine, req, prompt, model_name, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        req = parse_completion(await read_body(request))
+        body = await read_body(request)
+        req = parse_completion(body)
+        apply_defaults(req.sampling, body, defaults)
         check_model(req)
         prompt = await run_in_threadpool(prompts.encode_text, engine.processor, req.prompt)
         return await _respond(request, engine, req, prompt, model_name, chat=False)
 
     return app
+
+
+def _log_request(request: Request, status: int, seconds: float) -> None:
+    """One access-log line; for a streamed answer the time is until its first byte."""
+    client = f"{request.client.host}:{request.client.port}" if request.client else "-"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(f"{stamp} {client} {request.method} {request.url.path} {status} {seconds:.3f}s", file=sys.stderr,
+          flush=True)
 
 
 def _error(err: APIError) -> JSONResponse:

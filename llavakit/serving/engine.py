@@ -20,6 +20,7 @@ from llavakit.generation.logits import TopKLogitsWarper, TopPLogitsWarper
 from llavakit.generation.prefix_cache import FeatureCache
 from llavakit.generation.structured import GrammarMatcher
 from llavakit.models.cache import DynamicCache
+from llavakit.models.outputs import merged_features
 from llavakit.serving.memory import kv_budget_tokens
 from llavakit.serving.metrics import Metrics
 from llavakit.serving.schemas import APIError, SamplingParams
@@ -175,7 +176,7 @@ class Engine:
             n = seq.prompt_len
             inputs = self._prefill_inputs(seq.prompt)
             positions = torch.arange(n, device=self.model.device)[None]  # (1, T)
-            out = self.model(**inputs, position_ids=positions, past_key_values=cache, use_cache=True,
+            out = self.model(**inputs, position_ids=positions, cache=cache, use_cache=True,
                              return_dict=True, logits_to_keep=1)
             logits = out.logits[:, -1].float()  # (1, V)
         except Exception as err:  # a bad request fails alone
@@ -185,7 +186,7 @@ class Engine:
         seq.length = n
         self._accept(seq, logits[0])
         if not seq.done:
-            self._merge(seq, out.past_key_values)
+            self._merge(seq, out.cache)
 
     def _prefill_inputs(self, prompt: Prompt) -> dict[str, Any]:
         """input_ids alone, or embeddings with each image's (cached) features written over its tokens."""
@@ -210,9 +211,9 @@ class Engine:
             return cached
         pixels = image["pixel_values"].to(self.model.device, self.model.dtype)
         if image.get("image_sizes") is not None:  # LLaVA-NeXT: a list of packed (tokens_i, H)
-            features = self.model.get_image_features(pixels, image["image_sizes"])[0]
+            features = merged_features(self.model.get_image_features(pixels, image["image_sizes"]))
         else:
-            features = self.model.get_image_features(pixels)[0]  # (P, H)
+            features = merged_features(self.model.get_image_features(pixels))  # (P, H)
         self.features.put(key, features)
         return features
 
@@ -240,9 +241,9 @@ class Engine:
             positions = torch.tensor([[s.length] for s in rows], device=device)  # (B, 1)
             self.mask = F.pad(self.mask, (0, 1), value=1)  # (B, L + 1)
             mask = None if bool(self.mask.all()) else self.mask
-            out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=self.cache,
+            out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask, cache=self.cache,
                              use_cache=True, return_dict=True, logits_to_keep=1)
-            self.cache = out.past_key_values
+            self.cache = out.cache
             logits = out.logits[:, -1].float()  # (B, V)
         except Exception as err:  # keep serving: fail this batch, start clean
             self._fail(rows, err)

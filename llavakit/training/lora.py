@@ -35,6 +35,11 @@ def _peft() -> Any:
     return peft
 
 
+def check_lora_available() -> None:
+    """LoRA (training, merging) needs peft: fail before any model is loaded, with the install command."""
+    _peft()
+
+
 def check_qlora_available() -> None:
     """QLoRA needs bitsandbytes (>= 0.50 runs its 4-bit layers on CPU as well as CUDA); say so plainly."""
     try:
@@ -78,11 +83,12 @@ def add_lora(model: nn.Module, r: int = 128, alpha: int = 256, dropout: float = 
     return peft.get_peft_model(model, config)
 
 
-def save_adapter(peft_model: nn.Module, save_directory: str | os.PathLike) -> None:
-    """peft's adapter files, with tensor names rewritten to transformers' LLaVA module names."""
+def save_adapter(peft_model: nn.Module, save_directory: str | os.PathLike, state_dict: dict | None = None) -> None:
+    """peft's adapter files, with tensor names rewritten to transformers' LLaVA module names (`state_dict`: the
+    whole model's, when the model itself is sharded)."""
     from safetensors.torch import load_file, save_file
 
-    peft_model.save_pretrained(save_directory)
+    peft_model.save_pretrained(save_directory, state_dict=state_dict)
     path = Path(save_directory) / "adapter_model.safetensors"
     tensors = load_file(path)
     renamed = {}
@@ -119,6 +125,7 @@ def merge_adapter(adapter_directory: str | os.PathLike, output_directory: str | 
 
     adapter_directory = Path(adapter_directory)
     config_path = adapter_directory / "adapter_config.json"
+    check_lora_available()
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: --adapter must be a folder written by "
                                 f"`llavakit train --stage lora`")

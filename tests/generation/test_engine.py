@@ -45,15 +45,15 @@ def test_step_logits_equal_the_forward_path(mistral):
     B, T = inputs["input_ids"].shape
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     static, dynamic = StaticCache(T + 8), DynamicCache()
-    first = ours(**inputs, position_ids=positions, past_key_values=static, logits_to_keep=1)
-    ours(**inputs, position_ids=positions, past_key_values=dynamic, logits_to_keep=1)
+    first = ours(**inputs, position_ids=positions, cache=static, logits_to_keep=1)
+    ours(**inputs, position_ids=positions, cache=dynamic, logits_to_keep=1)
     step = DecodeStep(language_model(ours), compile=False)
     step.start(static, mask, B)
     tokens, pos = first.logits[:, -1].argmax(-1), positions[:, -1] + 1
     for _ in range(6):  # runs past the 8-token window from the short row's first real token
         mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype)], dim=-1)
         expected = ours(input_ids=tokens[:, None], position_ids=pos[:, None], attention_mask=mask,
-                        past_key_values=dynamic).logits[:, -1]  # (B, V)
+                        cache=dynamic).logits[:, -1]  # (B, V)
         got = step(tokens, pos)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
         tokens, pos = got.argmax(-1), pos + 1

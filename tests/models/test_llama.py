@@ -11,6 +11,7 @@ from llavakit.models.cache import DynamicCache
 from llavakit.models.llama import LlamaForCausalLM, LlamaModel, MistralForCausalLM
 from tests.assets import perturb_
 from tests.parity import assert_close, run_both
+from tests.reference import cache_kwargs, output_cache
 
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5)
@@ -160,12 +161,12 @@ def decode(model, ids, mask, pos, prefill: int):
     """Prefill `prefill` tokens, then feed one token at a time through the cache; return all logits."""
     out = model(input_ids=ids[:, :prefill], attention_mask=mask[:, :prefill], position_ids=pos[:, :prefill],
                 use_cache=True)
-    logits, cache = [out.logits], out.past_key_values
+    logits, cache = [out.logits], output_cache(out)
     for t in range(prefill, ids.shape[1]):
         out = model(input_ids=ids[:, t:t + 1], attention_mask=mask[:, :t + 1], position_ids=pos[:, t:t + 1],
-                    past_key_values=cache, use_cache=True)
+                    use_cache=True, **cache_kwargs(model, cache))
         logits.append(out.logits)
-        cache = out.past_key_values
+        cache = output_cache(out)
     return torch.cat(logits, dim=1), cache
 
 
@@ -191,7 +192,7 @@ def test_default_position_ids_continue_from_the_cache():
     with torch.no_grad():
         full = ours(input_ids=ids).logits
         first = ours(input_ids=ids[:, :6], use_cache=True)
-        rest = ours(input_ids=ids[:, 6:], past_key_values=first.past_key_values)  # 4 new tokens at once
+        rest = ours(input_ids=ids[:, 6:], cache=first.cache)  # 4 new tokens at once
     assert_close(torch.cat([first.logits, rest.logits], dim=1), full)
 
 
@@ -305,7 +306,7 @@ def test_base_model_output():
         out = ours.model(input_ids=ids, use_cache=False)
         ref = hf.model(input_ids=ids, use_cache=False)
     assert isinstance(ours.model, LlamaModel)
-    assert out.past_key_values is None and out.keys() == ["last_hidden_state"]
+    assert out.cache is None and out.keys() == ["last_hidden_state"]
     assert_close(out.last_hidden_state, ref.last_hidden_state)
 
 
@@ -328,9 +329,9 @@ def test_bad_inputs_raise_clear_errors():
         ours(input_ids=ids, position_ids=torch.arange(3))
     with pytest.raises(ValueError, match="logits_to_keep=0"):
         ours(input_ids=ids, labels=ids, logits_to_keep=1)
-    cache = ours(input_ids=ids[:, :3]).past_key_values
+    cache = ours(input_ids=ids[:, :3]).cache
     with pytest.raises(ValueError, match="prompt of 66 tokens \\(3 cached \\+ 63 new\\)"):
-        ours(input_ids=torch.zeros(1, 63, dtype=torch.long), past_key_values=cache)
+        ours(input_ids=torch.zeros(1, 63, dtype=torch.long), cache=cache)
 
 
 def test_random_init_and_no_buffers():

@@ -135,10 +135,10 @@ def test_kv_cache_decode_matches_transformers(window):
     with torch.no_grad():
         full = hf(ids).logits
         cache = DynamicCache()
-        out = ours(ids[:, :6], past_key_values=cache, use_cache=True)
+        out = ours(ids[:, :6], cache=cache, use_cache=True)
         steps = [out.logits]
         for t in range(6, 14):
-            out = ours(ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
+            out = ours(ids[:, t:t + 1], cache=out.cache, use_cache=True)
             steps.append(out.logits)
     assert_close(torch.cat(steps, dim=1), full)
 

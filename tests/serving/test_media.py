@@ -157,3 +157,10 @@ def test_redirect_is_followed_when_allowed(local_site):
     target = local_site + "/img.png"
     assert media.load(local_site + "/redirect?to=" + target, media.MediaLimits()).pil.size == (5, 5)
     assert _Handler.hits == ["/redirect?to=" + target, "/img.png"]
+
+
+def test_data_url_that_is_not_an_image_says_so_without_a_python_repr():
+    with pytest.raises(APIError) as err:
+        media.load(_data_url(b"hello, not a picture"), media.MediaLimits())
+    assert err.value.status == 400
+    assert "not an image format" in err.value.message and "object at 0x" not in err.value.message

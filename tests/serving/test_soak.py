@@ -1,5 +1,6 @@
-"""Soak (slow; run with `pytest -m slow`): 32 concurrent clients for several minutes, mixing valid greedy
-requests (text, images, JSON schema, streamed or not), invalid ones and streams abandoned mid-way.
+"""Soak (outside the default run; run with `pytest -m soak`): 32 concurrent clients for several minutes,
+mixing valid greedy requests (text, images, JSON schema, streamed or not), invalid ones and streams abandoned
+mid-way.
 Checks: every request gets its answer or its 4xx (nothing lost or stuck), every greedy answer equals the
 same request sent alone, the engine drains to empty, and the process memory stays flat.
 
@@ -19,7 +20,7 @@ import pytest
 
 from tests.serving.conftest import data_url, start_server
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.soak
 
 SECONDS = float(os.environ.get("LLAVAKIT_SOAK_SECONDS", "180"))
 CLIENTS = 32

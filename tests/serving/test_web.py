@@ -47,3 +47,42 @@ def test_chat_in_the_browser_streams_the_greedy_answer(live_server, photos):
             assert page.locator(".msg.user img").count() == 1
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def demo_server():
+    from llavakit import demo
+    from tests.serving.conftest import start_server
+
+    if not demo.has_trained_model():
+        pytest.skip("the trained demo model is not shipped")
+    server = start_server(demo.demo_checkpoint())  # a 256-token context: the page's defaults must fit it
+    yield server
+    server.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed")
+def test_enter_sends_with_the_default_settings_and_the_model_name_is_shown(demo_server):
+    from llavakit import demo
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(demo_server.url + "/")
+            page.wait_for_function("document.getElementById('model_name').textContent === 'tiny-llava'",
+                                   timeout=10_000)
+            page.set_input_files("#image", demo.EXAMPLE_IMAGE)
+            page.wait_for_selector("#preview[src^='data:image']", state="attached", timeout=10_000)
+            page.fill("#prompt", "What shape is inside the red box?")
+            page.press("#prompt", "Enter")  # no click: Enter sends
+            answer = page.wait_for_selector(".msg[data-done='true']", timeout=60_000)
+            assert "error" not in (answer.get_attribute("class") or ""), answer.text_content()
+            assert answer.text_content().strip() == "square"
+            assert page.input_value("#prompt") == ""
+            page.fill("#prompt", "line one")
+            page.press("#prompt", "Shift+Enter")  # a new line, not a send
+            assert page.input_value("#prompt") == "line one\n" and page.locator(".msg").count() == 2
+        finally:
+            browser.close()
