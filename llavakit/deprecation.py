@@ -8,8 +8,9 @@ transformers release that drops it, so the version differences live in one place
 | forward(past_key_values=...)      | forward(cache=...)                     | 5.24  | 5.40       |
 | output.past_key_values            | output.cache                           | 5.24  | 5.40       |
 | output.image_hidden_states        | output.image_outputs.pooler_output     | 5.24  | 5.30 *     |
+| output.video_hidden_states        | output.video_outputs.pooler_output     | 5.24  | 5.30 *     |
 
-* from 5.30 transformers gives `image_hidden_states` another meaning (per-layer hidden states).
+* from 5.30 transformers gives `image_hidden_states` / `video_hidden_states` another meaning (per-layer hidden states).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ RENAMED = {
 IMAGE_HIDDEN_STATES_MESSAGE = ("`image_hidden_states` is deprecated: transformers gives it another meaning (all "
                                "hidden states per layer) from v5.30. Use `out.image_outputs.pooler_output` for the "
                                "projected features (one tensor per image).")
+VIDEO_HIDDEN_STATES_MESSAGE = ("`video_hidden_states` is deprecated: transformers gives it another meaning (all "
+                               "hidden states per layer) from v5.30. Use `out.video_outputs.pooler_output` for the "
+                               "projected video features (num_videos, tokens, H).")
 
 
 def warn_renamed(old: str, where: str, stacklevel: int = 3) -> None:

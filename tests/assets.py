@@ -229,3 +229,169 @@ def sparse_hub_config(full: dict) -> dict:
             sub.pop("head_dim", None)
         sparse[key] = sub
     return sparse
+
+
+# ---- video-capable families (model checkpoints only; the processor files come from the processor tests) ----
+TINY_SIGLIP = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                   num_attention_heads=4, image_size=28, patch_size=7, vision_use_head=False)
+VIDEO = 32002  # the <video> token id of the tiny video checkpoints (<image> 32000, <pad> 32001)
+# OneVision's 384-px canvases scaled to 28 px crops, up to 3x3: a 3x3 grid has 12x12 = 144 features, over
+# anyres_max_4's 64, so it takes the shrink path; a 1x2 grid (4x8 = 32) does not.
+ONEVISION_PINPOINTS = [[28 * h, 28 * w] for h in range(1, 4) for w in range(1, 4)]
+ONEVISION_ASPECT = "anyres_max_4"
+
+
+def build_tiny_llava_onevision(out_dir: Path, seed: int = 0, text_overrides: dict | None = None,
+                               **config_overrides) -> Path:
+    """A tiny random LlavaOnevisionForConditionalGeneration (SigLIP 28 px / patch 7, Qwen2), saved by transformers."""
+    import transformers
+
+    torch.manual_seed(seed)
+    text = dict(TINY_TEXT, model_type="qwen2", **(text_overrides or {}))
+    settings = dict(image_token_index=32000, video_token_index=VIDEO, pad_token_id=32001,
+                    image_grid_pinpoints=ONEVISION_PINPOINTS, vision_aspect_ratio=ONEVISION_ASPECT)
+    settings.update(config_overrides)
+    config = transformers.LlavaOnevisionConfig(vision_config=dict(TINY_SIGLIP), text_config=text, **settings)
+    model = transformers.LlavaOnevisionForConditionalGeneration(config).eval()
+    perturb_(model, seed)
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_llava_next_video(out_dir: Path, seed: int = 0, text_overrides: dict | None = None,
+                                **config_overrides) -> Path:
+    """A tiny random LlavaNextVideoForConditionalGeneration (CLIP 28 px / patch 7, Llama), saved by transformers."""
+    import transformers
+
+    torch.manual_seed(seed)
+    text = dict(TINY_TEXT, model_type="llama", **(text_overrides or {}))
+    settings = dict(image_token_index=32000, video_token_index=VIDEO, pad_token_id=32001,
+                    image_grid_pinpoints=NEXT_PINPOINTS)
+    settings.update(config_overrides)
+    config = transformers.LlavaNextVideoConfig(vision_config=dict(TINY_VISION), text_config=text, **settings)
+    model = transformers.LlavaNextVideoForConditionalGeneration(config).eval()
+    perturb_(model, seed)
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+# ---- video families: processors and clips (the models' builders live beside the other checkpoints) ----
+# Templates written for these tests that render the same text as the llava-hf OneVision and LLaVA-NeXT-Video
+# checkpoints' templates: every image, then every video placeholder, then the texts.
+ONEVISION_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + ' ' }}"
+    "{% for part in message['content'] if part['type'] == 'image' %}{{ '<image>' }}{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'video' %}{{ '<video>' }}{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ '\n' + part['text'] }}{% endgeneration %}"
+    "{% else %}{{ '\n' + part['text'] }}{% endif %}{% endfor %}"
+    "{{ '<|im_end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+NEXT_VIDEO_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% for part in message['content'] if part['type'] == 'image' %}{{ '<image>\n' }}{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'video' %}{{ '<video>\n' }}{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ part['text'] + ' ' }}{% endgeneration %}"
+    "{% else %}{{ part['text'] + ' ' }}{% endif %}{% endfor %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+VIDEO_TOKEN = 32002  # <video> in the video tokenizer (the Mistral tokenizer + <image>, <pad>, <video>)
+OV_SIZE = 28  # tiny OneVision: 28-px views, patch 7 -> 16 patches per view (num_image_tokens)
+OV_PINPOINTS = [[OV_SIZE * rows, OV_SIZE * cols] for rows in range(1, 4) for cols in range(1, 4)]
+
+
+def transformers_decodes_video() -> bool:
+    """transformers reads video files only through torchcodec (torchvision's reader is gone): the parity tests
+    that decode a file on both sides need it usable (installed, matching torch, FFmpeg present)."""
+    from transformers.utils import is_torchcodec_usable
+
+    return is_torchcodec_usable(decode="video")
+
+
+def build_video_tokenizer(out_dir: Path, tokenizer_dir: Path) -> Path:
+    """The test tokenizer with `<video>` added as id 32002."""
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok.add_tokens(["<video>"], special_tokens=True)
+    assert tok.convert_tokens_to_ids("<video>") == VIDEO_TOKEN
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+def onevision_processor(tokenizer_dir: Path, **overrides):
+    """transformers' tiny LlavaOnevisionProcessor (PIL image backend): 28-px views, 16 patches per view."""
+    import transformers
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import \
+        LlavaOnevisionImageProcessorPil
+
+    size = {"height": OV_SIZE, "width": OV_SIZE}
+    settings = dict(num_image_tokens=(OV_SIZE // 7) ** 2, vision_feature_select_strategy="full",
+                    chat_template=ONEVISION_TEMPLATE)
+    settings.update(overrides)
+    return transformers.LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessorPil(size=size, image_grid_pinpoints=OV_PINPOINTS),
+        tokenizer=transformers.AutoTokenizer.from_pretrained(tokenizer_dir),
+        video_processor=transformers.LlavaOnevisionVideoProcessor(size=size), **settings)
+
+
+def next_video_processor(tokenizer_dir: Path, **overrides):
+    """transformers' tiny LlavaNextVideoProcessor: 28-px crops and frames, patch 7, the NeXT test pinpoints."""
+    import transformers
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    settings = dict(patch_size=7, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                    chat_template=NEXT_VIDEO_TEMPLATE)
+    settings.update(overrides)
+    crop = {"height": NEXT_CROP, "width": NEXT_CROP}
+    return transformers.LlavaNextVideoProcessor(
+        video_processor=transformers.LlavaNextVideoVideoProcessor(size={"shortest_edge": NEXT_CROP}, crop_size=crop),
+        image_processor=LlavaNextImageProcessorPil(size={"shortest_edge": NEXT_CROP}, crop_size=crop,
+                                                   image_grid_pinpoints=NEXT_PINPOINTS),
+        tokenizer=transformers.AutoTokenizer.from_pretrained(tokenizer_dir), **settings)
+
+
+def save_processor_hub_layout(processor, out_dir: Path, *, video_file: bool) -> Path:
+    """Save a processor as the llava-hf video repos have it: preprocessor_config.json for the image processor,
+    the video settings in video_preprocessor_config.json (video_file) or only in preprocessor_config.json,
+    processor_config.json with the processor's own keys, chat_template.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    processor.save_pretrained(out_dir)  # transformers 5: everything nested in processor_config.json
+    nested = json.loads((out_dir / "processor_config.json").read_text())
+    image = nested.pop("image_processor")
+    video = nested.pop("video_processor")
+    image["processor_class"] = nested["processor_class"]
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(image, indent=2))
+    if video_file:
+        (out_dir / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2))
+    (out_dir / "processor_config.json").write_text(json.dumps(nested, indent=2))
+    template = out_dir / "chat_template.jinja"
+    (out_dir / "chat_template.json").write_text(json.dumps({"chat_template": template.read_text()}))
+    template.unlink()
+    return out_dir
+
+
+def write_h264_clip(path: Path, num_frames: int = 25, height: int = 64, width: int = 96, fps: int = 10,
+                    faststart: bool = False) -> Path:
+    """An H.264 mp4 (yuv420p) of a real photo panning: astronaut crops moving down and right each frame;
+    faststart puts the index (moov) before the frames, as streaming sites do."""
+    import av
+    import skimage.data
+
+    photo = skimage.data.astronaut()  # (512, 512, 3) uint8
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(num_frames):
+            crop = photo[i * 4:i * 4 + height, i * 6:i * 6 + width]
+            frame = av.VideoFrame.from_ndarray(crop.copy(), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path

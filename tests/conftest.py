@@ -52,3 +52,43 @@ def tiny_llava_next_dir(tmp_path_factory, tokenizer_dir) -> Path:
 def tiny_vipllava_dir(tmp_path_factory, tiny_llava_dir) -> Path:
     """Tiny random ViP-LLaVA (10-layer CLIP for the default layer list) with the tiny LLaVA's processor files."""
     return assets.build_tiny_vipllava(tmp_path_factory.mktemp("tiny-vipllava"), tiny_llava_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_onevision_dir(tmp_path_factory) -> Path:
+    """Tiny random LLaVA-OneVision (SigLIP + Qwen2, 28 px crops up to 3x3, anyres_max_4), model files only."""
+    return assets.build_tiny_llava_onevision(tmp_path_factory.mktemp("tiny-llava-onevision"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_next_video_dir(tmp_path_factory) -> Path:
+    """Tiny random LLaVA-NeXT-Video (CLIP + Llama, average pooling stride 2), model files only."""
+    return assets.build_tiny_llava_next_video(tmp_path_factory.mktemp("tiny-llava-next-video"))
+
+
+@pytest.fixture(scope="session")
+def video_tokenizer_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """The test tokenizer plus <video> = 32002."""
+    return assets.build_video_tokenizer(tmp_path_factory.mktemp("video-tokenizer"), tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def h264_clip(tmp_path_factory) -> Path:
+    """A 25-frame 96x64 H.264 mp4 at 10 fps of a photo panning (encoded with PyAV)."""
+    return assets.write_h264_clip(tmp_path_factory.mktemp("clips") / "pan.mp4")
+
+
+@pytest.fixture(scope="session")
+def onevision_processor_dir(tmp_path_factory, video_tokenizer_dir) -> Path:
+    """transformers' tiny LlavaOnevisionProcessor as transformers 5 saves it (all in processor_config.json)."""
+    folder = tmp_path_factory.mktemp("onevision-processor")
+    assets.onevision_processor(video_tokenizer_dir).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def next_video_processor_dir(tmp_path_factory, video_tokenizer_dir) -> Path:
+    """transformers' tiny LlavaNextVideoProcessor as transformers 5 saves it."""
+    folder = tmp_path_factory.mktemp("next-video-processor")
+    assets.next_video_processor(video_tokenizer_dir).save_pretrained(folder)
+    return folder

@@ -40,3 +40,13 @@ def left_pad(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torc
 def random_pixels(n: int, size: int = 28, seed: int = 0) -> torch.Tensor:
     """(n, 3, size, size) standard-normal pixel values."""
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def generate_both(hf, ours, inputs: dict, max_new_tokens: int = 8) -> torch.Tensor:
+    """Greedy generate with both models; asserts identical sequences that grew, and returns them."""
+    with torch.no_grad():
+        theirs = hf.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    mine = ours.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    assert mine.shape == theirs.shape and mine.shape[1] > inputs["input_ids"].shape[1]
+    assert torch.equal(mine, theirs), (mine, theirs)
+    return mine

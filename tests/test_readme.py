@@ -52,3 +52,15 @@ def test_visual_prompts_example_draws_on_a_copy(photos):
     assert marked.getpixel((40, 150)) == (255, 0, 0)  # on the rectangle's left edge
     assert image.getpixel((40, 150)) != (255, 0, 0)  # the input is untouched
     assert "red rectangle" in scope["question"][0]["content"][1]["text"]
+
+
+def test_video_example_decodes_and_samples(onevision_processor_dir, h264_clip, monkeypatch):
+    """The README's video example on the tiny OneVision processor (28-px frames) and a 25-frame H.264 clip."""
+    code = python_block('"type": "video"').replace('"llava-hf/llava-onevision-qwen2-0.5b-ov-hf"',
+                                                   repr(str(onevision_processor_dir)))
+    monkeypatch.chdir(h264_clip.parent)
+    namespace: dict = {}
+    exec(compile(code.replace('"clip.mp4"', repr(h264_clip.name)).replace("print(", "shape = ("), "README.md",
+                 "exec"), namespace)
+    assert tuple(namespace["shape"]) == (1, 8, 3, 28, 28)
+    assert (namespace["inputs"]["input_ids"] == 32002).sum() == 8 * 4 + 1  # 4x4 patches pooled 2x2, + a newline

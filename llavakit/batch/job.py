@@ -51,11 +51,12 @@ def run_job(model: str, input_path: str, output_path: str, *, prompt: str | None
             image_folder: str | None = None, dtype: str = "auto", device: str | None = None,
             ray_address: str | None = None, use_ray: bool = False, num_replicas: int = 1,
             gpus_per_replica: float = 0.0, cpus_per_replica: float = 1.0, progress: bool = True,
-            tensor_parallel: bool = False) -> JobSummary:
+            tensor_parallel: bool = False, json_schema: dict | None = None) -> JobSummary:
     """Answer every row of `input_path` not yet in `output_path`, appending one JSON line per row.
 
     `tensor_parallel`: this process is one rank of a torchrun group sharing one model; every rank runs the
     same batches, and rank 0 alone reads and writes the results file and shows progress.
+    `json_schema`: constrain every answer to this JSON schema; each result also gets the parsed "json".
     """
     from llavakit.batch.runner import DEFAULT_PROMPT
 
@@ -65,6 +66,8 @@ def run_job(model: str, input_path: str, output_path: str, *, prompt: str | None
         raise ValueError("--output must not be the input file")
     if tensor_parallel and use_ray:
         raise ValueError("--ray and --tensor-parallel-size exclude each other: on Ray, scale with --num-replicas")
+    if json_schema is not None:
+        check_schema(json_schema)
     start = time.time()
     main_rank = True
     rows = read_rows(input_path, image_folder)
@@ -80,7 +83,7 @@ def run_job(model: str, input_path: str, output_path: str, *, prompt: str | None
     skipped = len(rows) - len(todo)
     engine_kwargs: dict[str, Any] = dict(model=model, prompt=prompt or DEFAULT_PROMPT, chat_template=chat_template,
                                          max_new_tokens=max_new_tokens, dtype=dtype, device=device,
-                                         tensor_parallel=tensor_parallel)
+                                         tensor_parallel=tensor_parallel, json_schema=json_schema)
     bar = Progress(len(todo), disabled=not (progress and main_rank))
     if skipped:
         bar.note(f"resuming: {skipped} of {len(rows)} rows are already in {output_path}")
@@ -95,6 +98,17 @@ def run_job(model: str, input_path: str, output_path: str, *, prompt: str | None
             bar.advance(len(results), errors)
     bar.note(f"done: {written} rows written to {output_path} ({errors} with errors, {skipped} skipped)")
     return JobSummary(len(rows), skipped, written, errors, time.time() - start)
+
+
+def check_schema(schema: Any) -> None:
+    """Refuse a malformed or unsatisfiable JSON schema before any model is loaded."""
+    import llguidance
+
+    from llavakit.generation.structured import Constraint
+
+    problem = llguidance.LLMatcher.validate_grammar(Constraint("json_schema", schema).grammar())
+    if problem:
+        raise ValueError(f"invalid JSON schema: {problem.strip().splitlines()[0]}")
 
 
 def _batches(todo: list[dict[str, Any]], engine_kwargs: dict[str, Any], batch_size: int, use_ray: bool,

@@ -2,11 +2,13 @@
 
 Rows of one batch are rendered with the chat template, left-padded together and decoded in one
 `generate` call; left padding keeps each row's greedy answer equal to answering it alone. A row whose
-image cannot be loaded is answered with its error, and the rest of the batch goes on.
+image cannot be loaded is answered with its error, and the rest of the batch goes on. With a JSON schema,
+decoding is constrained to it (generation/structured.py) and each result also carries the parsed "json".
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
@@ -22,7 +24,8 @@ class BatchEngine:
 
     def __init__(self, model: str, *, prompt: str = DEFAULT_PROMPT, chat_template: str | None = None,
                  max_new_tokens: int = 64, dtype: str = "auto", device: str | None = None,
-                 limits: MediaLimits | None = None, tensor_parallel: bool = False) -> None:
+                 limits: MediaLimits | None = None, tensor_parallel: bool = False,
+                 json_schema: dict | None = None) -> None:
         from llavakit import AutoModelForImageTextToText, AutoProcessor
 
         if max_new_tokens < 1:
@@ -34,6 +37,11 @@ class BatchEngine:
         self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype, **placement).eval()
         self.prompt, self.chat_template, self.max_new_tokens = prompt, chat_template, max_new_tokens
         self.limits = limits or MediaLimits()
+        self.json_schema = json_schema
+        if json_schema is not None:
+            from llavakit.generation.structured import JSONSchemaLogitsProcessor
+
+            self.constrain = JSONSchemaLogitsProcessor(json_schema, self.processor.tokenizer, self.model)
 
     def run(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One result per row, in the rows' order: id, image(s), prompt, answer, token counts, error."""
@@ -41,6 +49,8 @@ class BatchEngine:
         for row in rows:
             result = {"id": row["id"], "images": row["images"], "prompt": row.get("prompt") or self.prompt,
                       "answer": None, "prompt_tokens": 0, "completion_tokens": 0, "error": None}
+            if self.json_schema is not None:
+                result["json"] = None
             results.append(result)
             try:
                 images = [load_image(source, self.limits) for source in row["images"]]
@@ -74,8 +84,9 @@ class BatchEngine:
         inputs = self.processor(images=images or None, text=texts, padding=True, padding_side="left",
                                 return_tensors="pt", add_special_tokens=not (bos and texts[0].startswith(bos)))
         inputs = inputs.to(self.model.device, self.model.dtype)
+        constrain = [self.constrain] if self.json_schema is not None else None
         output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                     prefix_cache=False)  # (B, T + new)
+                                     prefix_cache=False, logits_processor=constrain)  # (B, T + new)
         new = output[:, inputs["input_ids"].shape[1]:].tolist()  # (B, new)
         prompt_tokens = inputs["attention_mask"].sum(-1).tolist()  # (B,)
         eos = self.model.generation_config.eos_token_id
@@ -85,3 +96,13 @@ class BatchEngine:
             result["answer"] = self.processor.decode(ids, skip_special_tokens=True).strip()
             result["prompt_tokens"], result["completion_tokens"] = int(n_prompt), len(ids)
             result["error"] = None
+            if self.json_schema is not None:
+                self._parse(result, ended=bool(ids) and ids[-1] in eos_ids)
+
+    def _parse(self, result: dict[str, Any], ended: bool) -> None:
+        """Fill in "json": the constrained answer parses unless max_new_tokens cut it short (then an error)."""
+        if not ended:
+            result["error"] = (f"the JSON answer was cut at --max-new-tokens {self.max_new_tokens} before it was "
+                               "complete; raise it")
+            return
+        result["json"] = json.loads(result["answer"])

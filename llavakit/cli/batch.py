@@ -39,6 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs each Ray actor reserves")
     p.add_argument("--tensor-parallel-size", type=int, default=1,
                    help="split the model over N processes (GPUs, or CPU with gloo); rank 0 writes the results")
+    p.add_argument("--json-schema", default=None, metavar="FILE",
+                   help="a JSON schema file: every answer is decoded to match it and also written parsed, as "
+                        "\"json\" (needs llguidance: pip install 'llavakit[structured]')")
     p.add_argument("--no-progress", action="store_true", help="do not print the progress line")
     p.set_defaults(run=run)
 
@@ -46,6 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from llavakit.batch.job import run_job
 
+    schema = _read_schema(args.json_schema) if args.json_schema else None
     tp = args.tensor_parallel_size
     if tp != 1:
         from llavakit.distributed.launch import start_ranks
@@ -61,5 +65,22 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, image_folder=args.image_folder,
         dtype=args.dtype, device=args.device, use_ray=args.ray is not None, ray_address=args.ray or None,
         num_replicas=args.num_replicas, gpus_per_replica=args.gpus_per_replica,
-        cpus_per_replica=args.cpus_per_replica, progress=not args.no_progress, tensor_parallel=tp > 1)
+        cpus_per_replica=args.cpus_per_replica, progress=not args.no_progress, tensor_parallel=tp > 1,
+        json_schema=schema)
     return 0 if summary.written == 0 or summary.errors < summary.written else 1
+
+
+def _read_schema(path: str) -> dict:
+    """The --json-schema file as a dict, with a one-line error for a missing or malformed file."""
+    import json
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--json-schema: no such file: {path}")
+    try:
+        schema = json.loads(Path(path).read_text())
+    except ValueError as err:
+        raise ValueError(f"--json-schema {path} is not valid JSON: {err}") from None
+    if not isinstance(schema, dict):
+        raise ValueError(f"--json-schema {path} must hold a JSON object (a schema), got {type(schema).__name__}")
+    return schema

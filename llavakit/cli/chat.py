@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256,
                    help="most tokens per answer (fewer when the conversation leaves less room in the context)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 means greedy decoding")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the likeliest tokens up to this mass")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="nucleus sampling: keep the likeliest tokens up to this mass")
     p.add_argument("--chat-template", default=None, help="a built-in template name or a .jinja file")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")

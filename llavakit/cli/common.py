@@ -56,9 +56,10 @@ def is_demo(args: argparse.Namespace) -> bool:
 
 def check_not_adapter(path: str) -> None:
     """A LoRA adapter folder (from `llavakit train --stage lora`) is not a model: say how to make one."""
-    if os.path.isfile(os.path.join(path, "adapter_config.json")) and not os.path.isfile(os.path.join(path, "config.json")):
+    adapter, config = (os.path.isfile(os.path.join(path, name)) for name in ("adapter_config.json", "config.json"))
+    if adapter and not config:
         raise ValueError(f"{path} is a LoRA adapter, not a full model: merge it into its base model first with "
-                         f"`llavakit merge --adapter {path} --output-dir MERGED`, then pass --model MERGED")
+                         f"`llavakit merge {path} MERGED`, then pass --model MERGED")
 
 
 def read_template(name_or_file: str | None) -> str | None:

@@ -76,8 +76,15 @@ def _convert(src: str | os.PathLike, dst: Path, *, vision_tower: str | None, tok
     if allow_pickle:
         options["use_safetensors"] = False
     model = model_class.from_pretrained(src, **options)
+    if kind == "llava_next" and data.get("image_grid_pinpoints") is not None:
+        # llava-hf configs carry the list as written (read as height, width), as transformers' converter
+        # writes it; loaded directly, the original checkpoint tiles as the original code (see original.py)
+        model.config.image_grid_pinpoints = original.written_pinpoints(data["image_grid_pinpoints"],
+                                                                       model.config.vision_config.image_size)
     model.save_pretrained(dst)
 
+    if tokenizer is None and resolve_file(src, "adapter_config.json", required=False) is not None:
+        tokenizer = original.lora_base(src, {}, model_base)  # a LoRA folder has none: the base's, as the original
     processor = build_processor(model.config, data, src, tokenizer=tokenizer, vision_tower=vision_tower,
                                 chat_template=chat_template, kind=kind)
     processor.save_pretrained(dst)

@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", default="What is in the image?", help="the question or instruction")
     p.add_argument("--max-new-tokens", type=int, default=64, help="most tokens to generate")
     p.add_argument("--temperature", type=float, default=0.0, help="0 means greedy decoding")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the likeliest tokens up to this mass")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="nucleus sampling: keep the likeliest tokens up to this mass")
     p.add_argument("--top-k", type=int, default=50, help="sampling: keep only the k likeliest tokens")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="1.0 means no penalty")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")

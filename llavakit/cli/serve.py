@@ -31,6 +31,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tensor-parallel-size", type=int, default=1,
                    help="split the model over N processes (GPUs, or CPU with gloo); rank 0 serves")
     p.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="serve from model replicas on Ray Serve, one endpoint in front: 'local' starts a local "
+                        "instance, 'auto' or ray://HOST:PORT joins a cluster (bare --ray: RAY_ADDRESS)")
+    p.add_argument("--num-replicas", type=int, default=1, help="with --ray: model replicas, each holding the model")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0, help="with --ray: CPUs each replica reserves")
+    p.add_argument("--gpus-per-replica", type=float, default=0.0, help="with --ray: GPUs each replica reserves")
     p.set_defaults(run=run)
 
 
@@ -78,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         print("llavakit serve needs fastapi and uvicorn: pip install 'llavakit[serve]'", file=sys.stderr)
         return 2
+    if getattr(args, "ray", None) is not None:
+        return _serve_on_ray(args)
     if args.tensor_parallel_size != 1:
         check_port(args.host, args.port)  # in the launcher too, before it starts the ranks
         follower = _tensor_parallel(args)
@@ -109,4 +117,23 @@ def _tensor_parallel(args: argparse.Namespace) -> int | None:
     processor = AutoProcessor.from_pretrained(path)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=args.dtype, tp_plan="auto").eval()
     FollowerEngine(model, processor, max_batch_size=args.max_batch_size, max_model_len=args.max_model_len).run()
+    return 0
+
+
+def _serve_on_ray(args: argparse.Namespace) -> int:
+    """`--ray`: replicas on Ray Serve (see serving/ray_serve.py), each loading the model with these options."""
+    try:
+        from ray import serve  # noqa: F401
+    except ImportError:
+        print("llavakit serve --ray needs Ray Serve: pip install 'llavakit[ray-serve]'", file=sys.stderr)
+        return 2
+    from llavakit.serving.ray_serve import serve_on_ray
+
+    if args.tensor_parallel_size != 1:
+        raise ValueError("--ray and --tensor-parallel-size exclude each other: on Ray, scale with --num-replicas")
+    options = {k: v for k, v in vars(args).items() if k not in ("run", "argv", "ray")}
+    print(f"llavakit: serving {args.served_model_name or args.model} from {args.num_replicas} Ray replicas on "
+          f"http://{args.host}:{args.port}", file=sys.stderr)
+    serve_on_ray(options, args.ray, args.num_replicas, args.host, args.port, args.cpus_per_replica,
+                 args.gpus_per_replica)
     return 0

@@ -8,7 +8,10 @@ from llavakit.config.llava import LlavaConfig
 from llavakit.config.qwen2 import Qwen2Config
 from llavakit.config.siglip import SiglipVisionConfig
 from llavakit.config.llava_next import LlavaNextConfig
+from llavakit.config.llava_next_video import LlavaNextVideoConfig
+from llavakit.config.llava_onevision import LlavaOnevisionConfig
 from llavakit.config.vipllava import VipLlavaConfig
 
 __all__ = ["AutoConfig", "PretrainedConfig", "CLIPVisionConfig", "LlamaConfig", "MistralConfig", "LlavaConfig",
-           "LlavaNextConfig", "VipLlavaConfig", "Qwen2Config", "SiglipVisionConfig"]
+           "LlavaNextConfig", "LlavaOnevisionConfig", "LlavaNextVideoConfig", "VipLlavaConfig", "Qwen2Config",
+           "SiglipVisionConfig"]

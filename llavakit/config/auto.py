@@ -13,11 +13,15 @@ from llavakit.config.llava import LlavaConfig
 from llavakit.config.qwen2 import Qwen2Config
 from llavakit.config.siglip import SiglipVisionConfig
 from llavakit.config.llava_next import LlavaNextConfig
+from llavakit.config.llava_next_video import LlavaNextVideoConfig
+from llavakit.config.llava_onevision import LlavaOnevisionConfig
 from llavakit.config.vipllava import VipLlavaConfig
 
 CONFIG_CLASSES: dict[str, type[PretrainedConfig]] = {
     "llava": LlavaConfig,
     "llava_next": LlavaNextConfig,
+    "llava_onevision": LlavaOnevisionConfig,
+    "llava_next_video": LlavaNextVideoConfig,
     "vipllava": VipLlavaConfig,
     "llama": LlamaConfig,
     "mistral": MistralConfig,

@@ -16,19 +16,20 @@ from typing import Any
 GENERATION_CONFIG_NAME = "generation_config.json"
 _HUB_KWARGS = ("revision", "local_files_only", "cache_dir", "token", "force_download", "subfolder")
 
-# transformers generation options llavakit does not implement, with the value meaning "off". Passing any
-# other value is an error rather than a silently ignored option.
+# Decoding strategies transformers moved out of its core `generate` (to Hub `custom_generate` repos), with the
+# values meaning "off". Any other value is an error that says so, never a silently ignored option.
+MOVED_OUT_OPTIONS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "penalty_alpha": ((None, 0, 0.0), "contrastive search"),
+    "dola_layers": ((None,), "DoLa decoding"),
+    "num_beam_groups": ((None, 1), "group (diverse) beam search"),
+    "diversity_penalty": ((None, 0, 0.0), "group (diverse) beam search"),
+    "constraints": ((None,), "constrained beam search"),
+    "force_words_ids": ((None,), "constrained beam search"),
+}
+# Other transformers options llavakit does not implement.
 UNSUPPORTED_OPTIONS: dict[str, tuple[Any, ...]] = {
-    "num_return_sequences": (None, 1), "num_beam_groups": (None, 1), "penalty_alpha": (None, 0, 0.0),
-    "typical_p": (None, 1.0), "min_p": (None,), "top_h": (None,), "epsilon_cutoff": (None, 0.0),
-    "eta_cutoff": (None, 0.0), "no_repeat_ngram_size": (None, 0), "encoder_repetition_penalty": (None, 1.0),
-    "bad_words_ids": (None,), "force_words_ids": (None,), "constraints": (None,), "sequence_bias": (None,),
-    "suppress_tokens": (None,), "begin_suppress_tokens": (None,), "forced_bos_token_id": (None,),
-    "forced_eos_token_id": (None,), "guidance_scale": (None, 1.0), "exponential_decay_length_penalty": (None,),
-    "prompt_lookup_num_tokens": (None,), "assistant_model": (None,), "watermarking_config": (None,),
-    "dola_layers": (None,), "max_time": (None,), "output_attentions": (None, False),
-    "output_hidden_states": (None, False), "renormalize_logits": (None, False), "token_healing": (None, False),
-    "prefill_chunk_size": (None,),
+    "token_healing": (None, False), "prefill_chunk_size": (None,), "low_memory": (None, False),
+    "encoder_no_repeat_ngram_size": (None, 0), "remove_invalid_values": (None, False),
 }
 
 CACHE_IMPLEMENTATIONS = (None, "static", "dynamic")
@@ -47,7 +48,38 @@ class GenerationConfig:
     top_k: int | None = 50  # None or 0 turns top-k off
     top_p: float = 1.0
     repetition_penalty: float = 1.0
-    num_beams: int = 1
+    num_beams: int = 1  # > 1: beam search (with do_sample: beam sampling)
+    num_return_sequences: int = 1  # sequences returned per prompt (beams, or independent samples)
+    length_penalty: float = 1.0  # beam scores are divided by length ** length_penalty
+    early_stopping: bool | str = False  # beam search: True, False (heuristic) or "never"
+    # sampling warpers beyond top-k/top-p (transformers' names and "off" values)
+    min_p: float | None = None
+    typical_p: float = 1.0
+    epsilon_cutoff: float = 0.0
+    eta_cutoff: float = 0.0
+    top_h: float | None = None
+    # token constraints and penalties
+    no_repeat_ngram_size: int = 0
+    encoder_repetition_penalty: float = 1.0
+    bad_words_ids: list[list[int]] | None = None
+    suppress_tokens: list[int] | None = None
+    begin_suppress_tokens: list[int] | None = None
+    sequence_bias: Any = None  # {(ids...): bias} or [[[ids], bias], ...]
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: int | list[int] | None = None
+    exponential_decay_length_penalty: tuple[int, float] | None = None
+    renormalize_logits: bool = False
+    guidance_scale: float | None = None
+    watermarking_config: Any = None  # WatermarkingConfig or dict
+    # stopping and outputs
+    max_time: float | None = None  # seconds
+    output_attentions: bool = False
+    output_hidden_states: bool = False
+    # assisted decoding
+    prompt_lookup_num_tokens: int | None = None  # > 0: draft tokens copied from the prompt (n-gram lookup)
+    max_matching_ngram_size: int | None = None  # prompt lookup: longest n-gram matched (None: 2)
+    num_assistant_tokens: int = 20  # tokens an assistant model drafts per step
+    num_assistant_tokens_schedule: str = "constant"  # "constant", "heuristic" or "heuristic_transient"
     eos_token_id: int | list[int] | None = None
     bos_token_id: int | None = None
     pad_token_id: int | None = None
@@ -83,9 +115,26 @@ class GenerationConfig:
         _check_int("min_length", self.min_length, minimum=0)
         _check_int("min_new_tokens", self.min_new_tokens, minimum=0, allow_none=True)
         _check_int("top_k", self.top_k, minimum=0, allow_none=True)
-        if self.num_beams != 1:
-            raise ValueError(f"num_beams={self.num_beams!r}: beam search is not supported by llavakit; use "
-                             "num_beams=1 (greedy or sampling)")
+        _check_int("num_beams", self.num_beams, minimum=1)
+        _check_int("num_return_sequences", self.num_return_sequences, minimum=1)
+        _check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, minimum=0)
+        _check_int("prompt_lookup_num_tokens", self.prompt_lookup_num_tokens, minimum=1, allow_none=True)
+        _check_int("max_matching_ngram_size", self.max_matching_ngram_size, minimum=1, allow_none=True)
+        _check_int("num_assistant_tokens", self.num_assistant_tokens, minimum=1)
+        if self.early_stopping not in (True, False, "never"):
+            raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
+        if not _is_number(self.length_penalty):
+            raise ValueError(f"length_penalty must be a number, got {self.length_penalty!r}")
+        if self.max_time is not None and (not _is_number(self.max_time) or self.max_time <= 0):
+            raise ValueError(f"max_time must be a number of seconds > 0, got {self.max_time!r}")
+        if self.num_assistant_tokens_schedule not in ("constant", "heuristic", "heuristic_transient"):
+            raise ValueError("num_assistant_tokens_schedule must be 'constant', 'heuristic' or "
+                             f"'heuristic_transient', got {self.num_assistant_tokens_schedule!r}")
+        for name in ("encoder_repetition_penalty",):
+            if not _is_number(getattr(self, name)) or getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a number > 0 (1.0 = off), got {getattr(self, name)!r}")
+        if self.guidance_scale is not None and not _is_number(self.guidance_scale):
+            raise ValueError(f"guidance_scale must be a number (1 = off), got {self.guidance_scale!r}")
         if not _is_number(self.repetition_penalty) or self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be a number > 0 (1.0 = off), got {self.repetition_penalty!r}")
         if self.do_sample:
@@ -107,10 +156,22 @@ class GenerationConfig:
         if self.cache_implementation not in CACHE_IMPLEMENTATIONS:
             raise ValueError(f"cache_implementation must be one of {CACHE_IMPLEMENTATIONS}, got "
                              f"{self.cache_implementation!r}")
-        for name, off_values in UNSUPPORTED_OPTIONS.items():
-            if name in self._extra_keys and getattr(self, name) not in off_values:
-                raise ValueError(f"{name}={getattr(self, name)!r} is a transformers generation option that llavakit "
-                                 "does not support")
+        for name in set(MOVED_OUT_OPTIONS) | set(UNSUPPORTED_OPTIONS):
+            if name in self._extra_keys:
+                check_supported(name, getattr(self, name))
+
+    def check_for_generate(self) -> None:
+        """Checks that involve several options, run when `generate` starts (a config may be built up in steps)."""
+        if self.num_beams == 1 and not self.do_sample and self.num_return_sequences > 1:
+            raise ValueError(f"num_return_sequences={self.num_return_sequences} needs sampling (do_sample=True) or "
+                             "beam search (num_beams > 1): greedy decoding returns one sequence per prompt")
+        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
+            raise ValueError(f"num_return_sequences={self.num_return_sequences} must be <= num_beams="
+                             f"{self.num_beams}: beam search returns its best beams")
+        assisted = self.prompt_lookup_num_tokens is not None
+        if assisted and (self.num_beams > 1 or self.do_sample):
+            raise ValueError("prompt_lookup_num_tokens (assisted decoding) works with greedy decoding only "
+                             "(do_sample=False, num_beams=1)")
 
     # ---- reading ---------------------------------------------------------------------------------
     @classmethod
@@ -229,6 +290,17 @@ class GenerationConfig:
 
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(GenerationConfig))
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(GenerationConfig)}
+
+
+def check_supported(name: str, value: Any) -> None:
+    """Raise ValueError when `name` is a transformers option llavakit does not run, set to a non-off value."""
+    if name in MOVED_OUT_OPTIONS:
+        off_values, strategy = MOVED_OUT_OPTIONS[name]
+        if value not in off_values:
+            raise ValueError(f"{name}={value!r} selects {strategy}, which transformers moved out of its core "
+                             "generate (to Hub custom_generate repos); llavakit does not implement it")
+    elif name in UNSUPPORTED_OPTIONS and value not in UNSUPPORTED_OPTIONS[name]:
+        raise ValueError(f"{name}={value!r} is a transformers generation option that llavakit does not support")
 
 
 def _is_number(value: Any) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any, Sequence
 
 import torch
@@ -31,6 +32,20 @@ class MaxLengthCriteria:
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kwargs: Any) -> torch.Tensor:
         done = input_ids.shape[-1] >= self.max_length
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+class MaxTimeCriteria:
+    """Every row is done once `max_time` seconds have passed since `initial_timestamp` (default: creation)."""
+
+    def __init__(self, max_time: float, initial_timestamp: float | None = None) -> None:
+        if isinstance(max_time, bool) or not isinstance(max_time, (int, float)) or max_time <= 0:
+            raise ValueError(f"max_time must be a number of seconds > 0, got {max_time!r}")
+        self.max_time = float(max_time)
+        self.initial_timestamp = time.time() if initial_timestamp is None else initial_timestamp
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kwargs: Any) -> torch.Tensor:
+        done = time.time() - self.initial_timestamp > self.max_time
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 

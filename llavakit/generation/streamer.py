@@ -1,12 +1,15 @@
 """Streamers: receive token ids from `generate` as they are produced and turn them into text, word by word.
 
 Protocol (transformers'): `generate` calls `put(prompt_ids)` once, `put(new_ids)` after every step and
-`end()` at the end. Text is released only up to the last space, or whole at a newline or a CJK character,
-so a word split over several tokens (or a multi-byte character) never comes out half-decoded.
+`end()` at the end. Chunking follows transformers 5.24+: text made of letters (with their marks), digits and
+spaces is released at once; text holding a symbol waits for the next space (it may start some formatting or be
+an incomplete character); a newline or a CJK character releases everything. After a newline the line's last
+token stays as decode context, so the next line's leading spaces survive.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from queue import Queue
 from typing import Any
 
@@ -30,7 +33,7 @@ class TextStreamer(BaseStreamer):
         self.tokenizer = tokenizer
         self.skip_prompt = skip_prompt
         self.decode_kwargs = decode_kwargs
-        self.token_cache: list[int] = []  # ids since the last newline
+        self.token_cache: list[int] = []  # ids since the last newline (plus the newline's own token)
         self.print_len = 0  # characters of their text already released
         self.next_tokens_are_prompt = True
 
@@ -45,16 +48,23 @@ class TextStreamer(BaseStreamer):
             return
         self.token_cache.extend(value.tolist())
         text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+        pending = text[self.print_len:]
         if text.endswith("\n"):
-            # A finished line: release it and start decoding afresh.
-            ready = text[self.print_len:]
-            self.token_cache, self.print_len = [], 0
+            # A finished line: release it; keep its last token as context, so that the tokenizer does not
+            # strip the next line's leading space (decoding a fresh sequence drops one).
+            ready = pending
+            self.token_cache = self.token_cache[-1:]
+            self.print_len = len(self.tokenizer.decode(self.token_cache, **self.decode_kwargs))
         elif text and _is_cjk(ord(text[-1])):
             # CJK text has no spaces between words; each character is final.
-            ready = text[self.print_len:]
+            ready = pending
+            self.print_len += len(ready)
+        elif all(char.isspace() or unicodedata.category(char)[0] in "LMN" for char in pending):
+            # Letters, marks, digits and spaces cannot change with the next token's text: release them.
+            ready = pending
             self.print_len += len(ready)
         else:
-            # The last word may still grow: release up to and including the last space.
+            # A symbol may be an incomplete character or the start of some markup: release up to the last space.
             ready = text[self.print_len:text.rfind(" ") + 1]
             self.print_len += len(ready)
         self.on_finalized_text(ready)

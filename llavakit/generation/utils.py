@@ -15,30 +15,66 @@ from typing import Any
 
 import torch
 
-from llavakit.generation.config import _FIELD_NAMES, UNSUPPORTED_OPTIONS, GenerationConfig
+from llavakit.generation.config import (_FIELD_NAMES, MOVED_OUT_OPTIONS, UNSUPPORTED_OPTIONS, GenerationConfig,
+                                        check_supported)
 from llavakit.generation.engine import DecodeStep, bucketed, language_model
-from llavakit.generation.logits import (LogitsProcessorList, MinLengthLogitsProcessor,
-                                        MinNewTokensLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor,
-                                        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+from llavakit.generation.guidance import UnbatchedClassifierFreeGuidanceLogitsProcessor
+from llavakit.generation.logits import (EncoderRepetitionPenaltyLogitsProcessor, EpsilonLogitsWarper,
+                                        EtaLogitsWarper, ExponentialDecayLengthPenalty,
+                                        ForcedBOSTokenLogitsProcessor, ForcedEOSTokenLogitsProcessor,
+                                        LogitNormalization, LogitsProcessorList, MinLengthLogitsProcessor,
+                                        MinNewTokensLengthLogitsProcessor, MinPLogitsWarper,
+                                        NoBadWordsLogitsProcessor, NoRepeatNGramLogitsProcessor,
+                                        RepetitionPenaltyLogitsProcessor, SequenceBiasLogitsProcessor,
+                                        SuppressTokensAtBeginLogitsProcessor, SuppressTokensLogitsProcessor,
+                                        TemperatureLogitsWarper, TopHLogitsWarper, TopKLogitsWarper,
+                                        TopPLogitsWarper, TypicalLogitsWarper)
+from llavakit.generation.watermark import WatermarkingConfig
 from llavakit.generation.prefix_cache import PrefixCache, content_key
-from llavakit.generation.stopping import (EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList,
-                                          StopStringCriteria)
+from llavakit.generation.stopping import (EosTokenCriteria, MaxLengthCriteria, MaxTimeCriteria,
+                                          StoppingCriteriaList, StopStringCriteria)
 from llavakit.models.cache import DynamicCache, StaticCache
-from llavakit.models.outputs import ModelOutput
+from llavakit.models.outputs import ModelOutput, merged_features
 
 logger = logging.getLogger(__name__)
 
 
+class _DeprecatedPastKeyValues:
+    """`output.past_key_values`: the old name of `output.cache` (transformers 5.24 renamed it)."""
+
+    @property
+    def past_key_values(self) -> Any:
+        warnings.warn("`past_key_values` of a generate output is deprecated; read `.cache` instead",
+                      FutureWarning, stacklevel=2)
+        return self.cache
+
+
 @dataclasses.dataclass
-class GenerateDecoderOnlyOutput(ModelOutput):
-    """What `generate(..., return_dict_in_generate=True)` returns. `scores`/`logits`: one (B, V) per new token."""
+class GenerateDecoderOnlyOutput(_DeprecatedPastKeyValues, ModelOutput):
+    """What `generate(..., return_dict_in_generate=True)` returns. `scores`/`logits`: one (B, V) per new token;
+    `attentions`/`hidden_states`: per new token, the forward's per-layer tuple."""
 
     sequences: torch.LongTensor | None = None
     scores: tuple[torch.Tensor, ...] | None = None
     logits: tuple[torch.Tensor, ...] | None = None
     attentions: tuple | None = None
     hidden_states: tuple | None = None
-    past_key_values: DynamicCache | StaticCache | None = None
+    cache: DynamicCache | StaticCache | None = None
+
+
+@dataclasses.dataclass
+class GenerateBeamDecoderOnlyOutput(_DeprecatedPastKeyValues, ModelOutput):
+    """Beam search's output: `sequences_scores` (B*n,) length-normalised log-probabilities of the returned
+    beams, `beam_indices` (B*n, new) the flat beam each token came from (-1 past the end)."""
+
+    sequences: torch.LongTensor | None = None
+    sequences_scores: torch.Tensor | None = None
+    scores: tuple[torch.Tensor, ...] | None = None
+    logits: tuple[torch.Tensor, ...] | None = None
+    beam_indices: torch.LongTensor | None = None
+    attentions: tuple | None = None
+    hidden_states: tuple | None = None
+    cache: DynamicCache | StaticCache | None = None
 
 
 @dataclasses.dataclass
@@ -82,49 +118,72 @@ class GenerationMixin:
                  pixel_values: torch.Tensor | None = None, generation_config: GenerationConfig | None = None,
                  streamer: Any = None, stop_strings: str | list[str] | None = None, tokenizer: Any = None,
                  logits_processor: list | None = None, stopping_criteria: list | None = None,
-                 prefix_cache: bool | None = None, compile: bool | None = None,
-                 **kwargs: Any) -> torch.LongTensor | GenerateDecoderOnlyOutput:
+                 prefix_cache: bool | None = None, compile: bool | None = None, assistant_model: Any = None,
+                 negative_prompt_ids: torch.LongTensor | None = None,
+                 negative_prompt_attention_mask: torch.LongTensor | None = None,
+                 **kwargs: Any) -> torch.LongTensor | GenerateDecoderOnlyOutput | GenerateBeamDecoderOnlyOutput:
         """Continue the prompt; returns prompt + new ids (B, T + new), or an output object with `.sequences`.
 
-        kwargs are generation options (max_new_tokens, do_sample, temperature, ...) overriding the model's
-        `generation_config`, or model inputs (image_sizes, inputs_embeds, vision_feature_layer, ...) that
-        go to the prefill call. Finished rows are filled with pad_token_id until every row is done.
+        kwargs are generation options (max_new_tokens, do_sample, temperature, num_beams, ...) overriding the
+        model's `generation_config`, or model inputs (image_sizes, inputs_embeds, vision_feature_layer, ...)
+        that go to the prefill call. Finished rows are filled with pad_token_id until every row is done.
+        `num_return_sequences` > 1 returns that many rows per prompt (row i*n + j), like transformers.
+        `cache=` continues from a KV cache (`past_key_values=` is its deprecated name).
         `prefix_cache=False` neither reads nor fills `model.prefix_cache` (KV prefixes and image features)
         in this call; None follows `model.prefix_cache.enabled`.
-        The KV cache is a pre-allocated StaticCache (`cache_implementation="dynamic"` grows one instead); on
+        Greedy/sampling use a pre-allocated StaticCache (`cache_implementation="dynamic"` grows one instead); on
         CUDA its decode step is compiled into CUDA graphs. `compile=False` (or `disable_compile=True`) keeps
         it eager, `compile=True` compiles on any device. A compiled model reuses its cache buffers across
-        calls, so a returned `past_key_values` is valid until the next generate call.
+        calls, so a returned `cache` is valid until the next generate call. Beam search, several sequences
+        per prompt and assisted decoding (`prompt_lookup_num_tokens`, `assistant_model`) use a DynamicCache.
         """
         if "inputs" in kwargs:
             if input_ids is not None:
                 raise ValueError("pass the prompt as `inputs` or `input_ids`, not both")
             input_ids = kwargs.pop("inputs")
+        given_cache = _given_cache(kwargs)
         config, model_kwargs = self._generation_config(generation_config, stop_strings, kwargs)
+        config.check_for_generate()
+        if assistant_model is not None and (config.num_beams > 1 or config.do_sample):
+            raise ValueError("assistant_model (assisted decoding) works with greedy decoding only "
+                             "(do_sample=False, num_beams=1)")
         if pixel_values is not None:
             model_kwargs["pixel_values"] = pixel_values
         self._check_model_kwargs(model_kwargs)
+        if given_cache is not None:
+            model_kwargs["cache"] = given_cache
         attention_mask_given = attention_mask is not None
         prompt = self._prepare_prompt(input_ids, attention_mask, model_kwargs, config)
         B = prompt.input_ids.shape[0]
-        if streamer is not None and B != 1:
-            raise ValueError(f"streamers support batch size 1 only, got a batch of {B}")
+        expand = max(config.num_beams, config.num_return_sequences)  # rows per prompt while decoding
+        if streamer is not None and (B != 1 or expand != 1):
+            raise ValueError(f"streamers support batch size 1 only, got a batch of {B} prompt(s) x {expand} "
+                             "sequence(s) each (num_beams / num_return_sequences)")
         eos, pad = self._special_tokens(config, attention_mask_given, B, prompt)
         max_length, min_length = self._lengths(config, prompt)
-        processors = self._logits_processors(config, prompt, eos, min_length, logits_processor)
+        processors = self._logits_processors(config, prompt, eos, min_length, max_length, expand, logits_processor,
+                                             negative_prompt_ids, negative_prompt_attention_mask)
         criteria = self._stopping_criteria(config, max_length, eos, tokenizer, stopping_criteria)
-        reuse = self._prefix_reuse(prompt, model_kwargs, config, prefix_cache)
+        new_tokens = max_length - prompt.input_ids.shape[1]
+        if config.num_beams > 1:
+            from llavakit.generation.beam_search import beam_search
+
+            return beam_search(self, prompt, model_kwargs, config, processors, criteria, eos, pad, max_length)
+        if assistant_model is not None or config.prompt_lookup_num_tokens is not None:
+            from llavakit.generation.assisted import assisted_decoding
+
+            return assisted_decoding(self, assistant_model, prompt, model_kwargs, config, processors, criteria,
+                                     eos, pad, max_length, streamer)
+        reuse = self._prefix_reuse(prompt, model_kwargs, config, prefix_cache) if expand == 1 else None
         return self._decode(prompt, model_kwargs, config, processors, criteria, eos is not None, pad, streamer,
-                            reuse, max_length - prompt.input_ids.shape[1], compile)
+                            reuse, new_tokens, compile, expand)
 
     # ---- options ---------------------------------------------------------------------------------
     def _generation_config(self, generation_config: GenerationConfig | None, stop_strings: Any,
                            kwargs: dict[str, Any]) -> tuple[GenerationConfig, dict[str, Any]]:
         """The call's options (kwargs > given config > model's generation_config > defaults) and model kwargs."""
-        for name, off_values in UNSUPPORTED_OPTIONS.items():
-            if name in kwargs and kwargs[name] not in off_values:
-                raise ValueError(f"{name}={kwargs[name]!r} is a transformers generation option that llavakit "
-                                 "does not support")
+        for name in set(kwargs) & (set(MOVED_OUT_OPTIONS) | set(UNSUPPORTED_OPTIONS)):
+            check_supported(name, kwargs[name])
         model_default = getattr(self, "generation_config", None)
         if model_default is None:
             model_default = GenerationConfig.from_model_config(self.config)
@@ -133,10 +192,11 @@ class GenerationMixin:
                 raise TypeError(f"generation_config must be a GenerationConfig, got {type(generation_config).__name__}")
             generation_config = GenerationConfig.from_dict(generation_config.to_diff_dict())  # e.g. transformers'
         config = (generation_config or GenerationConfig()).merged_with_defaults(model_default)
-        options = {k: kwargs.pop(k) for k in list(kwargs) if k in _FIELD_NAMES or k in UNSUPPORTED_OPTIONS}
+        ignored = set(MOVED_OUT_OPTIONS) | set(UNSUPPORTED_OPTIONS)  # checked above: set to "off"
+        options = {k: kwargs.pop(k) for k in list(kwargs) if k in _FIELD_NAMES or k in ignored}
         if stop_strings is not None:
             options["stop_strings"] = stop_strings
-        config.update(**{k: v for k, v in options.items() if k not in UNSUPPORTED_OPTIONS})
+        config.update(**{k: v for k, v in options.items() if k not in ignored})
         model_kwargs = {k: v for k, v in kwargs.items() if v is not None}
         return config, model_kwargs
 
@@ -260,30 +320,82 @@ class GenerationMixin:
 
     # ---- processors and criteria -----------------------------------------------------------------
     def _logits_processors(self, config: GenerationConfig, prompt: _Prompt, eos: list[int] | None,
-                           min_length: int, custom: list | None) -> LogitsProcessorList:
-        """transformers' order: penalties and EOS bans, then the caller's processors, then the sampling warpers."""
+                           min_length: int, max_length: int, expand: int, custom: list | None,
+                           negative_prompt_ids: torch.Tensor | None = None,
+                           negative_prompt_attention_mask: torch.Tensor | None = None) -> LogitsProcessorList:
+        """transformers' order: guidance, biases, penalties and bans, then the caller's processors, then the
+        sampling warpers, the watermark and the final renormalisation."""
         processors = LogitsProcessorList()
+        n_ids = prompt.input_ids.shape[1]
+        if config.guidance_scale is not None and config.guidance_scale != 1:
+            processors.append(UnbatchedClassifierFreeGuidanceLogitsProcessor(
+                config.guidance_scale, self, negative_prompt_ids, negative_prompt_attention_mask, config.use_cache))
+        if config.sequence_bias is not None:
+            processors.append(SequenceBiasLogitsProcessor(config.sequence_bias))
+        if config.encoder_repetition_penalty != 1.0:
+            if n_ids > 0:
+                processors.append(EncoderRepetitionPenaltyLogitsProcessor(config.encoder_repetition_penalty,
+                                                                          prompt.input_ids))
+            else:
+                warnings.warn("encoder_repetition_penalty needs input_ids (it favours the prompt's tokens); "
+                              "ignored for an inputs_embeds-only prompt", UserWarning, stacklevel=4)
         if config.repetition_penalty != 1.0:
-            pads = (prompt.attention_mask != 0).int().argmax(dim=1)  # (B,) left-padding lengths
+            pads = (prompt.attention_mask != 0).int().argmax(dim=1).repeat_interleave(expand)  # (B*n,) left pads
             processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty, prompt_ignore_length=pads))
+        if config.no_repeat_ngram_size:
+            processors.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
+        if config.bad_words_ids is not None:
+            processors.append(NoBadWordsLogitsProcessor(config.bad_words_ids, eos))
         if eos is not None and min_length > 0:
             processors.append(MinLengthLogitsProcessor(min_length, eos))
         if eos is not None and config.min_new_tokens:
-            processors.append(MinNewTokensLengthLogitsProcessor(prompt.input_ids.shape[1], config.min_new_tokens,
-                                                                eos))
+            processors.append(MinNewTokensLengthLogitsProcessor(n_ids, config.min_new_tokens, eos))
+        if config.forced_bos_token_id is not None:
+            processors.append(ForcedBOSTokenLogitsProcessor(config.forced_bos_token_id))
+        if config.forced_eos_token_id is not None:
+            processors.append(ForcedEOSTokenLogitsProcessor(max_length, config.forced_eos_token_id))
+        if config.exponential_decay_length_penalty is not None:
+            if eos is None:
+                raise ValueError("exponential_decay_length_penalty raises the EOS score: it needs eos_token_id")
+            processors.append(ExponentialDecayLengthPenalty(config.exponential_decay_length_penalty, eos, n_ids))
+        if config.suppress_tokens is not None:
+            processors.append(SuppressTokensLogitsProcessor(config.suppress_tokens))
+        if config.begin_suppress_tokens is not None:
+            begin = n_ids if (n_ids > 1 or config.forced_bos_token_id is None) else n_ids + 1
+            processors.append(SuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, begin))
         processors = _merge(processors, custom)
         if config.do_sample:
+            # Beam sampling keeps at least one non-EOS candidate per beam.
+            keep = (len(eos) + 1 if eos is not None else 2) if config.num_beams > 1 else 1
             if config.temperature != 1.0:
                 processors.append(TemperatureLogitsWarper(config.temperature))
+            if config.top_h is not None:
+                processors.append(TopHLogitsWarper(config.top_h))
             if config.top_k:
-                processors.append(TopKLogitsWarper(config.top_k))
+                processors.append(TopKLogitsWarper(config.top_k, min_tokens_to_keep=keep))
             if config.top_p < 1.0:
-                processors.append(TopPLogitsWarper(config.top_p))
+                processors.append(TopPLogitsWarper(config.top_p, min_tokens_to_keep=keep))
+            if config.min_p is not None:
+                processors.append(MinPLogitsWarper(config.min_p, min_tokens_to_keep=keep))
+            if config.typical_p is not None and config.typical_p < 1.0:
+                processors.append(TypicalLogitsWarper(config.typical_p, min_tokens_to_keep=keep))
+            if config.epsilon_cutoff is not None and 0.0 < config.epsilon_cutoff < 1.0:
+                processors.append(EpsilonLogitsWarper(config.epsilon_cutoff, min_tokens_to_keep=keep))
+            if config.eta_cutoff is not None and 0.0 < config.eta_cutoff < 1.0:
+                processors.append(EtaLogitsWarper(config.eta_cutoff, min_tokens_to_keep=keep))
+        if config.watermarking_config is not None:
+            text_config = getattr(self.config, "text_config", None) or self.config
+            watermark = WatermarkingConfig.from_any(config.watermarking_config)
+            processors.append(watermark.construct_processor(text_config.vocab_size, prompt.input_ids.device))
+        if config.renormalize_logits:
+            processors.append(LogitNormalization())
         return processors
 
     def _stopping_criteria(self, config: GenerationConfig, max_length: int, eos: list[int] | None,
                            tokenizer: Any, custom: list | None) -> StoppingCriteriaList:
         criteria = StoppingCriteriaList([MaxLengthCriteria(max_length)])
+        if config.max_time is not None:
+            criteria.append(MaxTimeCriteria(config.max_time))
         if config.stop_strings is not None:
             if tokenizer is None:
                 raise ValueError("stop_strings need the tokenizer to read the generated text: pass "
@@ -342,7 +454,7 @@ class GenerationMixin:
     @staticmethod
     def _remember_features(reuse: _Reuse | None, inputs: dict[str, Any], outputs: Any) -> None:
         """After a prefill that encoded the images, keep their features (total_image_tokens, H) by content key."""
-        features = getattr(outputs, "image_hidden_states", None)
+        features = merged_features(getattr(outputs, "image_outputs", None))
         if reuse is None or reuse.images is None or inputs.get("pixel_values") is None or features is None:
             return
         reuse.store.features.put(reuse.images, features.reshape(-1, features.shape[-1]))
@@ -351,7 +463,9 @@ class GenerationMixin:
     def _decode(self, prompt: _Prompt, model_kwargs: dict[str, Any], config: GenerationConfig,
                 processors: LogitsProcessorList, criteria: StoppingCriteriaList, has_eos: bool, pad: int | None,
                 streamer: Any, reuse: _Reuse | None = None, new_tokens: int = 1,
-                compile: bool | None = None) -> torch.LongTensor | GenerateDecoderOnlyOutput:
+                compile: bool | None = None, expand: int = 1) -> torch.LongTensor | GenerateDecoderOnlyOutput:
+        """Greedy or sampled decoding. With `expand` > 1 the prefill runs once per prompt, then its cache and
+        logits are repeated so each prompt continues as `expand` independent rows."""
         input_ids, mask, positions = prompt.input_ids, prompt.attention_mask, prompt.position_ids
         if bool((mask == 1).all()):
             mask = None  # no padding: plain causal attention, as transformers does
@@ -360,15 +474,28 @@ class GenerationMixin:
         model_kwargs = {k: _to(v, device) for k, v in model_kwargs.items()}
         B = input_ids.shape[0]
         use_cache = config.use_cache or prompt.inputs_embeds is not None  # embeddings are only fed once
-        cache, step = self._kv_cache(model_kwargs.pop("past_key_values", None), reuse, use_cache, config, prompt,
-                                     new_tokens, compile)
+        if expand > 1 and not use_cache:
+            raise ValueError("num_return_sequences > 1 needs the KV cache: do not set use_cache=False")
+        if expand > 1 and compile:
+            raise ValueError("compile=True decodes one sequence per prompt; it cannot be combined with "
+                             "num_return_sequences > 1")
+        cache, step = self._kv_cache(model_kwargs.pop("cache", None), reuse, use_cache, config, prompt,
+                                     new_tokens, compile, dynamic=expand > 1)
         keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.forward).parameters else {}
         want_scores = config.return_dict_in_generate and config.output_scores
         want_logits = config.return_dict_in_generate and config.output_logits
+        want_attn = config.return_dict_in_generate and config.output_attentions
+        want_hidden = config.return_dict_in_generate and config.output_hidden_states
+        if want_attn or want_hidden:
+            step = None  # the compiled step returns only logits: decode with forward
+        extra = {"output_attentions": True} if want_attn else {}
+        extra.update({"output_hidden_states": True} if want_hidden else {})
         scores, raw_logits = ([] if want_scores else None), ([] if want_logits else None)
+        attentions, hiddens = ([] if want_attn else None), ([] if want_hidden else None)
         unfinished = torch.ones(B, dtype=torch.long, device=input_ids.device)  # (B,)
         next_positions = positions[:, -1] + 1  # (B,) where the first new token goes
 
+        expanded = False
         if streamer is not None:
             streamer.put(input_ids.cpu())
         try:
@@ -378,11 +505,30 @@ class GenerationMixin:
             while True:
                 if step_inputs is not None:  # the prefill, or any step of the eager path
                     outputs = self(**step_inputs, attention_mask=_to(mask, device), use_cache=use_cache,
-                                   cache=cache, return_dict=True, **keep)
+                                   cache=cache, return_dict=True, **keep, **extra)
                     self._remember_features(reuse, step_inputs, outputs)
                     cache = outputs.cache if use_cache else None
                     logits = outputs.logits[:, -1, :]  # (B, V)
+                    layers_attn, layers_hidden = outputs.get("attentions"), outputs.get("hidden_states")
                     del outputs
+                    if expand > 1 and not expanded:  # after the prefill: each prompt becomes `expand` rows
+                        rows = torch.arange(B, device=device).repeat_interleave(expand)  # (B*n,)
+                        cache.reorder_cache(rows)
+                        logits = logits.index_select(0, rows)
+                        layers_attn = _repeat_rows(layers_attn, expand)
+                        layers_hidden = _repeat_rows(layers_hidden, expand)
+                        input_ids, positions = input_ids.repeat_interleave(expand, 0), positions.repeat_interleave(
+                            expand, 0)
+                        mask = mask.repeat_interleave(expand, 0) if mask is not None else None
+                        padding = mask
+                        next_positions = next_positions.repeat_interleave(expand, 0)
+                        B = B * expand
+                        unfinished = torch.ones(B, dtype=torch.long, device=input_ids.device)
+                        expanded = True
+                    if want_attn:
+                        attentions.append(layers_attn)
+                    if want_hidden:
+                        hiddens.append(layers_hidden)
                     if step is not None:  # decode continues in the fixed-shape step
                         step.start(cache, padding, B)
                 else:
@@ -433,12 +579,39 @@ class GenerationMixin:
             return input_ids
         return GenerateDecoderOnlyOutput(sequences=input_ids, scores=tuple(scores) if want_scores else None,
                                          logits=tuple(raw_logits) if want_logits else None,
-                                         past_key_values=cache)
+                                         attentions=tuple(attentions) if want_attn else None,
+                                         hidden_states=tuple(hiddens) if want_hidden else None, cache=cache)
+
+    # ---- shared by beam search and assisted decoding ----------------------------------------------
+    def _prefill_rows(self, prompt: _Prompt, model_kwargs: dict[str, Any], expand: int,
+                      extra: dict[str, bool]) -> tuple[torch.Tensor, Any, tuple | None, tuple | None]:
+        """Run the prompt (and images) once per prompt in a DynamicCache, then repeat the cache and outputs so
+        each prompt becomes `expand` rows (i*n + j). Returns next-token logits (B*n, V) in float32, the cache,
+        and the forward's attentions / hidden states (None unless asked for in `extra`)."""
+        device = self.device
+        model_kwargs = {k: _to(v, device) for k, v in model_kwargs.items()}
+        cache = model_kwargs.pop("cache", None)
+        if cache is None:
+            cache = DynamicCache()
+        elif not isinstance(cache, (DynamicCache, StaticCache)):
+            cache = DynamicCache.from_legacy_cache(cache)
+        mask = None if bool((prompt.attention_mask == 1).all()) else prompt.attention_mask
+        keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.forward).parameters else {}
+        out = self(**self._prefill_inputs(prompt, cache, model_kwargs), attention_mask=_to(mask, device),
+                   use_cache=True, cache=cache, return_dict=True, **keep, **extra)
+        cache = out.cache
+        rows = torch.arange(prompt.input_ids.shape[0], device=device).repeat_interleave(expand)  # (B*n,)
+        if expand > 1:
+            cache.reorder_cache(rows)
+        logits = out.logits[:, -1].index_select(0, rows)  # (B*n, V)
+        logits = logits.to(dtype=torch.float32, device=prompt.input_ids.device, copy=True)
+        return logits, cache, _repeat_rows(out.get("attentions"), expand), _repeat_rows(out.get("hidden_states"),
+                                                                                        expand)
 
     # ---- the KV cache and the compiled step ------------------------------------------------------
     def _kv_cache(self, given: Any, reuse: _Reuse | None, use_cache: bool, config: GenerationConfig,
-                  prompt: _Prompt, new_tokens: int,
-                  compile: bool | None) -> tuple[DynamicCache | StaticCache | None, DecodeStep | None]:
+                  prompt: _Prompt, new_tokens: int, compile: bool | None,
+                  dynamic: bool = False) -> tuple[DynamicCache | StaticCache | None, DecodeStep | None]:
         """The cache the prefill starts from, and the fixed-shape decode step (None: decode with forward).
 
         A given DynamicCache (or legacy tuples) is used as it is; a given StaticCache too when it has room,
@@ -450,8 +623,8 @@ class GenerationMixin:
                 raise ValueError("compile=True needs the KV cache: do not set use_cache=False")
             return None, None
         prefix = reuse.cache if reuse is not None else None
-        dynamic = given is not None and not isinstance(given, StaticCache)
-        if dynamic or (given is None and config.cache_implementation == "dynamic"):
+        given_dynamic = given is not None and not isinstance(given, StaticCache)  # DynamicCache or legacy tuples
+        if dynamic or given_dynamic or (given is None and config.cache_implementation == "dynamic"):
             if compile:
                 raise ValueError("compile=True needs a static cache (cache_implementation='static'); a "
                                  "DynamicCache changes shape every step")
@@ -510,6 +683,25 @@ class GenerationMixin:
             inputs["input_ids"] = _to(prompt.input_ids[:, done:], device)
         inputs["position_ids"] = _to(prompt.position_ids[:, done:], device)
         return inputs
+
+
+def _given_cache(kwargs: dict[str, Any]) -> Any:
+    """Pop the KV cache to continue from: `cache=` (the current name) or `past_key_values=` (deprecated)."""
+    cache = kwargs.pop("cache", None)
+    if "past_key_values" in kwargs:
+        old = kwargs.pop("past_key_values")
+        if old is not None:
+            warnings.warn("generate(past_key_values=...) is deprecated; pass cache=... instead", FutureWarning,
+                          stacklevel=3)
+            if cache is not None:
+                raise ValueError("pass the KV cache as `cache` or `past_key_values`, not both")
+            cache = old
+    return cache
+
+
+def _repeat_rows(layers: tuple | None, n: int) -> tuple | None:
+    """Each per-layer tensor (B, ...) of a forward output repeated row by row to (B*n, ...)."""
+    return None if layers is None else tuple(t.repeat_interleave(n, dim=0) for t in layers)
 
 
 def _as_list(token_ids: int | list[int] | None) -> list[int]:

@@ -18,6 +18,7 @@ LLAVA_TO_HUB: list[tuple[str, str]] = [
     ("model.vision_tower.", "vision_tower.vision_model."),
     ("model.multi_modal_projector.", "multi_modal_projector."),
     ("model.image_newline", "image_newline"),
+    ("model.vision_resampler.", "vision_resampler."),
     ("lm_head.", "language_model.lm_head."),
     ("vision_tower.vision_model.", "vision_tower.vision_model."),  # already Hub layout: keep
     ("vision_tower.", "vision_tower.vision_model."),  # transformers 5 save
@@ -48,7 +49,8 @@ DECODER_BASE_TO_HUB: list[tuple[str, str]] = [("", "model.")]
 ALWAYS_IGNORED = (".rotary_emb.inv_freq", "embeddings.position_ids")
 BASE_MODEL_IGNORED = ("language_model.lm_head.", "lm_head.")
 
-BASE_MODELS = ("LlavaModel", "VipLlavaModel", "LlavaNextModel", "LlamaModel", "MistralModel", "Qwen2Model")
+LLAVA_BASE_MODELS = ("LlavaModel", "VipLlavaModel", "LlavaNextModel", "LlavaOnevisionModel", "LlavaNextVideoModel")
+BASE_MODELS = LLAVA_BASE_MODELS + ("LlamaModel", "MistralModel", "Qwen2Model")
 
 # Task heads (llavakit/models/heads.py): the family's base model under `model.`, an optional `lm_head`, and the
 # head's own tensors (`score.*`, `qa_outputs.*`, `classifier.*`), which no rule touches.
@@ -64,9 +66,10 @@ LLAVA_HUB_TO_HEAD: list[tuple[str, str]] = [("language_model.model.", "model.lan
 def layout_rules(model_class_name: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(rules to the Hub layout, rules from the Hub layout to this class's modules) for a model class."""
     if model_class_name in ("LlavaForConditionalGeneration", "VipLlavaForConditionalGeneration",
-                            "LlavaNextForConditionalGeneration"):
+                            "LlavaNextForConditionalGeneration", "LlavaOnevisionForConditionalGeneration",
+                            "LlavaNextVideoForConditionalGeneration"):
         return LLAVA_TO_HUB, []
-    if model_class_name in ("LlavaModel", "VipLlavaModel", "LlavaNextModel"):
+    if model_class_name in LLAVA_BASE_MODELS:
         return LLAVA_TO_HUB, LLAVA_HUB_TO_BASE
     if model_class_name.endswith(HEAD_SUFFIXES + LM_HEAD_SUFFIXES):
         return LLAVA_TO_HUB, LLAVA_HUB_TO_HEAD
@@ -87,7 +90,7 @@ def is_ignored(hub_key: str, model_class_name: str) -> bool:
 
 def save_rules(model_class_name: str) -> list[tuple[str, str]]:
     """Rules from this class's module names to the Hub layout that save_pretrained writes."""
-    if model_class_name in ("LlavaModel", "VipLlavaModel", "LlavaNextModel"):
+    if model_class_name in LLAVA_BASE_MODELS:
         return LLAVA_BASE_TO_HUB
     if model_class_name in ("LlamaModel", "MistralModel", "Qwen2Model"):
         return DECODER_BASE_TO_HUB

@@ -22,16 +22,26 @@ from llavakit.config.base import PretrainedConfig
 from llavakit.config.clip import CLIPVisionConfig
 from llavakit.config.llama import LlamaConfig, MistralConfig
 from llavakit.config.llava import default_vision_config
+from llavakit.config.qwen2 import Qwen2Config
+from llavakit.config.siglip import SiglipVisionConfig
 from llavakit.loading import keymaps
 from llavakit.loading.hub import read_json, resolve_file, resolve_optional
 from llavakit.loading.load import checkpoint_files, _iter_tensors
 
-ORIGINAL_ARCHITECTURES = ("LlavaLlamaForCausalLM", "LlavaMistralForCausalLM")
-ORIGINAL_MODEL_TYPES = ("llava_llama", "llava_mistral")
+ORIGINAL_ARCHITECTURES = ("LlavaLlamaForCausalLM", "LlavaMistralForCausalLM", "LlavaQwenForCausalLM")
+ORIGINAL_MODEL_TYPES = ("llava_llama", "llava_mistral", "llava_qwen")
 ORIGINAL_KEYS = ("mm_vision_tower", "mm_projector_type", "mm_hidden_size")
 PROJECTOR_TYPES = ("mlp2x_gelu",)
 NEXT_ASPECT, NEXT_MERGE = "anyres", "spatial_unpad"  # the only anyres mode transformers' LlavaNext computes
 SELECT_FEATURES = {"patch": "default", "cls_patch": "full"}
+# lmms-lab LLaVA-NeXT-Video: each frame's grid goes through a parameter-free "spatial_pool" resampler.
+VIDEO_RESAMPLER, VIDEO_POOL_MODES = "spatial_pool", ("average", "max")
+# lmms-lab LLaVA-OneVision: a Qwen2 decoder, "anyres_max_N" images, SigLIP with its last layer and head removed.
+ONEVISION_ASPECT = re.compile(r"anyres_max_\d+")
+SIGLIP_SO400M = "google/siglip-so400m-patch14-384"
+# The ids transformers' converter gives <image> / <video> with a Qwen2 tokenizer (151646 tokens), inside Qwen2's
+# already padded vocabulary; a decoder with a smaller vocabulary gets them appended after its rows instead.
+QWEN_IMAGE_TOKEN = 151646
 VIP_TOWER = "clip_4layers_336"  # ViP-LLaVA's name for CLIP-L/14-336 read at layers [-2, -5, -8, -11, 6]
 VIP_LAYERS = [-2, -5, -8, -11, 6]
 # Vision towers whose config we know, so a checkpoint that embeds the tower's weights needs no download.
@@ -41,6 +51,8 @@ KNOWN_TOWERS: dict[str, Callable[[], CLIPVisionConfig]] = {
     "openai/clip-vit-large-patch14": lambda: CLIPVisionConfig(hidden_size=1024, intermediate_size=4096,
                                                               projection_dim=768, image_size=224, patch_size=14,
                                                               num_hidden_layers=24, num_attention_heads=16),
+    SIGLIP_SO400M: lambda: SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, patch_size=14,
+                                              image_size=384, num_hidden_layers=27, num_attention_heads=16),
 }
 TOWER_REPOS = {VIP_TOWER: "openai/clip-vit-large-patch14-336"}
 EMBEDDING_KEYS = ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight")
@@ -56,10 +68,15 @@ def is_original_config(data: dict[str, Any]) -> bool:
 
 
 def family(data: dict[str, Any]) -> str:
-    """'vipllava', 'llava_next' (anyres) or 'llava'."""
+    """'vipllava', 'llava_onevision' (Qwen2 + anyres_max), 'llava_next_video' (the spatial_pool resampler),
+    'llava_next' (anyres) or 'llava'."""
     if data.get("mm_vision_tower") == VIP_TOWER:
         return "vipllava"
     aspect, merge = str(data.get("image_aspect_ratio", "")), str(data.get("mm_patch_merge_type", ""))
+    if _is_qwen(data) or ONEVISION_ASPECT.fullmatch(aspect):
+        return "llava_onevision"
+    if data.get("mm_resampler_type") == VIDEO_RESAMPLER:
+        return "llava_next_video"
     if aspect.startswith("anyres") or "unpad" in merge:
         return "llava_next"
     return "llava"
@@ -70,19 +87,24 @@ def padded_vocab(old_vocab: int, n_new: int = 2) -> int:
     return int(math.ceil((old_vocab + n_new) / 64) * 64)
 
 
+def _is_qwen(data: dict[str, Any]) -> bool:
+    return data.get("model_type") == "llava_qwen" or "LlavaQwenForCausalLM" in (data.get("architectures") or [])
+
+
 # ---- config ------------------------------------------------------------------------------------
 def text_config_dict(data: dict[str, Any], vocab_size: int) -> dict[str, Any]:
-    """The decoder part of an original config.json (its top-level llama/mistral keys)."""
+    """The decoder part of an original config.json (its top-level llama/mistral/qwen2 keys)."""
     is_mistral = data.get("model_type") == "llava_mistral" or "LlavaMistralForCausalLM" in (data.get("architectures")
                                                                                              or [])
-    cls = MistralConfig if is_mistral else LlamaConfig
+    cls = Qwen2Config if _is_qwen(data) else MistralConfig if is_mistral else LlamaConfig
     names = {f.name for f in dataclasses.fields(cls)} | {"rope_theta", "rope_scaling"}
     text = {k: v for k, v in data.items() if k in names and k != "dtype"}
     text.update(model_type=cls.model_type, vocab_size=vocab_size)
     return text
 
 
-def _check_supported(data: dict[str, Any]) -> None:
+def check_supported(data: dict[str, Any]) -> None:
+    """ValueError naming the option for original configs llavakit cannot load (architecture, projector, ...)."""
     architectures = [a for a in data.get("architectures") or [] if re.fullmatch(r"Llava\w*ForCausalLM", a)]
     model_type = str(data.get("model_type", ""))
     unknown = [a for a in architectures if a not in ORIGINAL_ARCHITECTURES] or (
@@ -101,21 +123,29 @@ def _check_supported(data: dict[str, Any]) -> None:
     if feature not in SELECT_FEATURES:
         raise ValueError(f"mm_vision_select_feature={feature!r} is not supported; expected one of "
                          f"{sorted(SELECT_FEATURES)}")
-    if family(data) == "llava_next":
+    kind = family(data)
+    if kind == "llava_onevision":
+        aspect, merge = str(data.get("image_aspect_ratio")), data.get("mm_patch_merge_type", "flat")
+        if not ONEVISION_ASPECT.fullmatch(aspect) or "unpad" not in str(merge):
+            raise ValueError(f"image_aspect_ratio={aspect!r} with mm_patch_merge_type={merge!r} is not supported; "
+                             f"LLaVA-OneVision checkpoints need 'anyres_max_N' with {NEXT_MERGE!r}")
+    if kind == "llava_next_video":
+        mode = data.get("mm_spatial_pool_mode", "average")
+        if mode not in VIDEO_POOL_MODES:
+            raise ValueError(f"mm_spatial_pool_mode={mode!r} is not supported for original LLaVA-NeXT-Video "
+                             f"checkpoints; expected one of {list(VIDEO_POOL_MODES)}")
+    if kind in ("llava_next", "llava_next_video"):
         aspect, merge = data.get("image_aspect_ratio"), data.get("mm_patch_merge_type", "flat")
         if (aspect, merge) != (NEXT_ASPECT, NEXT_MERGE):
             raise ValueError(f"image_aspect_ratio={aspect!r} with mm_patch_merge_type={merge!r} is not supported; "
                              f"LLaVA-NeXT checkpoints need {NEXT_ASPECT!r} with {NEXT_MERGE!r} (as llava-v1.6 has)")
 
 
-def grid_pinpoints(value: Any, tower_size: int) -> list[list[int]]:
-    """The original `image_grid_pinpoints` -> llava-hf's [height, width] list.
+def written_pinpoints(value: Any, tower_size: int) -> list[list[int]]:
+    """The original `image_grid_pinpoints` as a list of [width, height] pairs, in the order written.
 
-    The original code reads each pair as (width, height). A set closed under swapping (llava-v1.6's
-    [[336, 672], [672, 336], ...]) is kept in its written order, which is what the llava-hf conversions
-    carry; any other set is swapped to (height, width). LLaVA-NeXT repos also write a string: grid
-    multiples of the tower's image size, "(1x1),(1x2),(2x1)" or a range "(1x1),...,(3x3)", or a
-    Python literal list.
+    LLaVA-NeXT repos also write a string: grid multiples of the tower's image size, "(1x1),(1x2),(2x1)"
+    or a range "(1x1),...,(3x3)", or a Python literal list.
     """
     pairs = value
     if isinstance(value, str):
@@ -138,11 +168,19 @@ def grid_pinpoints(value: Any, tower_size: int) -> list[list[int]]:
             for p in pairs):
         raise ValueError(f"image_grid_pinpoints must be a non-empty list of [width, height] pairs of positive ints, "
                          f"got {value!r}")
-    pairs = [[int(a), int(b)] for a, b in pairs]
-    as_set = {tuple(p) for p in pairs}
-    if as_set == {(b, a) for a, b in as_set}:
-        return pairs
-    return [[b, a] for a, b in pairs]  # (width, height) -> (height, width)
+    return [[int(a), int(b)] for a, b in pairs]
+
+
+def grid_pinpoints(value: Any, tower_size: int) -> list[list[int]]:
+    """The original `image_grid_pinpoints` -> our [height, width] list that tiles as the original code does.
+
+    The original reads each pair as (width, height) and keeps the first of tied candidates; every image up
+    to the tower size ties on llava-v1.6's [[336, 672], [672, 336], ...]. Swapping each pair (and keeping
+    the order) gives the same canvas for every image. transformers' converter copies the list unswapped
+    into llava-hf configs, which read it as (height, width): those checkpoints pick the transposed canvas
+    on ties (a 300x200 image gets 1464 image tokens there, 976 in the original).
+    """
+    return [[height, width] for width, height in written_pinpoints(value, tower_size)]
 
 
 def tower_source(data: dict[str, Any], vision_tower: str | os.PathLike | None) -> str:
@@ -170,12 +208,17 @@ def _tower_hub(hub: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in hub.items() if k not in ("revision", "subfolder")}
 
 
-def vision_config_for(source: str, embedded: bool, explicit: bool, hub: dict[str, Any]) -> CLIPVisionConfig:
-    """The tower's CLIPVisionConfig: built in for well-known towers whose weights the checkpoint carries,
-    else its config.json (a full CLIP config or a vision-only one)."""
+def vision_config_for(source: str, embedded: bool, explicit: bool, hub: dict[str, Any]
+                      ) -> CLIPVisionConfig | SiglipVisionConfig:
+    """The tower's config: built in for well-known towers whose weights the checkpoint carries, else its
+    config.json (a full CLIP / SigLIP config or a vision-only one)."""
     if embedded and not explicit and source in KNOWN_TOWERS:
         return KNOWN_TOWERS[source]()
     data = read_json(resolve_file(source, "config.json", **_tower_hub(hub)))
+    if data.get("model_type") in ("siglip", "siglip_vision_model"):
+        if data.get("model_type") == "siglip":
+            data = dict(data.get("vision_config") or {})
+        return SiglipVisionConfig.from_dict({**data, "model_type": "siglip_vision_model"})
     if data.get("model_type") not in ("clip", "clip_vision_model", None):
         raise ValueError(f"vision tower {source} is a {data.get('model_type')!r} model; original LLaVA checkpoints "
                          "use a CLIP vision tower")
@@ -186,13 +229,17 @@ def vision_config_for(source: str, embedded: bool, explicit: bool, hub: dict[str
 
 def build_config(data: dict[str, Any], vision_config: CLIPVisionConfig, old_vocab: int) -> PretrainedConfig:
     """Our LlavaConfig / VipLlavaConfig / LlavaNextConfig for an original config.json."""
-    _check_supported(data)
+    check_supported(data)
     kind = family(data)
     mm_hidden = data.get("mm_hidden_size")
     expected_hidden = vision_config.hidden_size * (len(VIP_LAYERS) if kind == "vipllava" else 1)
     if mm_hidden is not None and mm_hidden != expected_hidden:
         raise ValueError(f"config.json has mm_hidden_size={mm_hidden}, but the vision tower gives {expected_hidden} "
                          f"features (hidden_size {vision_config.hidden_size}); is vision_tower the right model?")
+    if kind == "llava_onevision":
+        return onevision_config(data, vision_config, old_vocab)
+    if kind == "llava_next_video":
+        return next_video_config(data, vision_config, old_vocab)
     common = dict(vision_config=vision_config.to_dict(), text_config=text_config_dict(data, padded_vocab(old_vocab)),
                   image_token_index=old_vocab, pad_token_id=old_vocab + 1, projector_hidden_act="gelu",
                   image_seq_length=vision_config.num_patches)
@@ -219,9 +266,79 @@ def build_config(data: dict[str, Any], vision_config: CLIPVisionConfig, old_voca
     return LlavaConfig(**llava)
 
 
+def onevision_tower(vision_config: SiglipVisionConfig) -> SiglipVisionConfig:
+    """The SigLIP tower as OneVision runs it: its last layer and its pooling head removed (hidden_states[-1] of
+    the shortened tower is what the original reads)."""
+    if not isinstance(vision_config, SiglipVisionConfig):
+        raise ValueError(f"original LLaVA-OneVision checkpoints use a SigLIP vision tower, got "
+                         f"{type(vision_config).__name__}; pass vision_tower= a SigLIP folder or repo id")
+    data = dict(vision_config.to_dict(), num_hidden_layers=vision_config.num_hidden_layers - 1,
+                vision_use_head=False)
+    return SiglipVisionConfig.from_dict(data)
+
+
+def onevision_config(data: dict[str, Any], vision_config: PretrainedConfig, old_vocab: int) -> PretrainedConfig:
+    """LlavaOnevisionConfig for an lmms-lab llava_qwen config.json: <image> and <video> follow the tokenizer
+    (151646 / 151647 inside a Qwen2 vocabulary), the embeddings grow by two rows padded to 64, as the converter
+    does."""
+    from llavakit.config.llava_onevision import LlavaOnevisionConfig
+
+    tower = onevision_tower(vision_config)
+    image = QWEN_IMAGE_TOKEN if old_vocab > QWEN_IMAGE_TOKEN + 1 else old_vocab
+    config = dict(vision_config=tower.to_dict(), text_config=text_config_dict(data, padded_vocab(old_vocab)),
+                  image_token_index=image, video_token_index=image + 1, vision_feature_layer=-1,
+                  vision_feature_select_strategy="full", vision_aspect_ratio=data["image_aspect_ratio"],
+                  tie_word_embeddings=bool(data.get("tie_word_embeddings", False)))
+    if data.get("image_grid_pinpoints") is not None:
+        config["image_grid_pinpoints"] = grid_pinpoints(data["image_grid_pinpoints"], tower.image_size)
+    if data.get("torch_dtype") is not None:
+        config["dtype"] = data["torch_dtype"]
+    return LlavaOnevisionConfig(**config)
+
+
+def next_video_config(data: dict[str, Any], vision_config: PretrainedConfig, old_vocab: int) -> PretrainedConfig:
+    """LlavaNextVideoConfig for an lmms-lab LLaVA-NeXT-Video config.json: <video>, <image> and <pad> join the
+    vocabulary in that order (the converter's ids), the embeddings grow by three rows padded to 64."""
+    from llavakit.config.llava_next_video import LlavaNextVideoConfig
+
+    config = dict(vision_config=vision_config.to_dict(),
+                  text_config=text_config_dict(data, padded_vocab(old_vocab, n_new=3)),
+                  video_token_index=old_vocab, image_token_index=old_vocab + 1, pad_token_id=old_vocab + 2,
+                  vision_feature_layer=data.get("mm_vision_select_layer", -2),
+                  vision_feature_select_strategy=SELECT_FEATURES[data.get("mm_vision_select_feature", "patch")],
+                  spatial_pool_mode=data.get("mm_spatial_pool_mode", "average"),
+                  spatial_pool_stride=data.get("mm_spatial_pool_stride", 2),
+                  image_seq_length=vision_config.num_patches)
+    if data.get("image_grid_pinpoints") is not None:
+        config["image_grid_pinpoints"] = grid_pinpoints(data["image_grid_pinpoints"], vision_config.image_size)
+    if data.get("torch_dtype") is not None:
+        config["dtype"] = data["torch_dtype"]
+    return LlavaNextVideoConfig(**config)
+
+
+def removed_tower_part(hub_key: str, config: PretrainedConfig) -> bool:
+    """True for tower tensors OneVision's original removed (the last layer, the pooling head), which a separately
+    stored SigLIP checkpoint still carries."""
+    if getattr(config, "model_type", None) != "llava_onevision":
+        return False
+    prefix = "vision_tower.vision_model."
+    if hub_key.startswith(prefix + "head."):
+        return True
+    layer = re.match(re.escape(prefix) + r"encoder\.layers\.(\d+)\.", hub_key)
+    return layer is not None and int(layer.group(1)) >= config.vision_config.num_hidden_layers
+
+
 # ---- model class ---------------------------------------------------------------------------------
 def _model_classes(kind: str) -> tuple[type, type]:
     """(generation class, base class) of a family."""
+    if kind == "llava_onevision":
+        from llavakit.models.llava_onevision import LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel
+
+        return LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel
+    if kind == "llava_next_video":
+        from llavakit.models.llava_next_video import LlavaNextVideoForConditionalGeneration, LlavaNextVideoModel
+
+        return LlavaNextVideoForConditionalGeneration, LlavaNextVideoModel
     if kind == "vipllava":
         from llavakit.models.vipllava import VipLlavaForConditionalGeneration, VipLlavaModel
 
@@ -340,16 +457,23 @@ def _read_state(path: str) -> dict[str, torch.Tensor]:
     return dict(_iter_tensors(path))
 
 
+def lora_base(path_or_repo_id: str | os.PathLike, hub: dict[str, Any],
+              model_base: str | os.PathLike | None) -> str | os.PathLike:
+    """The base model of a -lora folder: the user's model_base, else the Hub id adapter_config.json names."""
+    if model_base is not None:
+        return model_base
+    base = read_json(resolve_file(path_or_repo_id, "adapter_config.json", **hub)).get("base_model_name_or_path")
+    if base is None:
+        raise ValueError("this is a LoRA checkpoint; pass model_base=FOLDER_OR_REPO (the base language model)")
+    return tower_source({"mm_vision_tower": base}, None)  # a Hub id only, never a path from a file
+
+
 def _lora_parts(path_or_repo_id: str | os.PathLike, hub: dict[str, Any], use_safetensors: bool | None,
                 model_base: str | os.PathLike | None) -> tuple[list[str], dict[str, torch.Tensor], float, list[str]]:
     """(base model files, adapter tensors, scale, extra trainable files) of a -lora folder."""
     adapter_config = read_json(resolve_file(path_or_repo_id, "adapter_config.json", **hub))
     scale = lora_scale(adapter_config)
-    base = model_base if model_base is not None else adapter_config.get("base_model_name_or_path")
-    if base is None:
-        raise ValueError("this is a LoRA checkpoint; pass model_base=FOLDER_OR_REPO (the base language model)")
-    if model_base is None:
-        base = tower_source({"mm_vision_tower": base}, None)  # a Hub id only, never a path from a file
+    base = lora_base(path_or_repo_id, hub, model_base)
     adapter_file = resolve_optional(path_or_repo_id, "adapter_model.safetensors", **hub)
     extras = []
     if adapter_file is None or resolve_optional(path_or_repo_id, LORA_EXTRAS, **hub) is not None:
@@ -389,7 +513,7 @@ def prepare(requested: type, path_or_repo_id: str | os.PathLike, data: dict[str,
             use_safetensors: bool | None, vision_tower: str | os.PathLike | None = None,
             model_base: str | os.PathLike | None = None, via_auto: bool = False) -> OriginalCheckpoint:
     """Plan the load of an original checkpoint: config, class, and a generator of converted tensors."""
-    _check_supported(data)
+    check_supported(data)
     is_lora = resolve_optional(path_or_repo_id, "adapter_config.json", **hub) is not None
     if is_lora:
         files, adapter, scale, extras = _lora_parts(path_or_repo_id, hub, use_safetensors, model_base)
@@ -417,7 +541,7 @@ def prepare(requested: type, path_or_repo_id: str | os.PathLike, data: dict[str,
         renamed = ((name, t) for k, t in own if (name := rename_original(k)) is not None)
         tower = ((name, t) for path in tower_files for k, t in _iter_tensors(path)
                  if (name := rename_tower(k)) is not None)
-        stream = ((k, t) for items in (renamed, tower) for k, t in items)
+        stream = ((k, t) for items in (renamed, tower) for k, t in items if not removed_tower_part(k, config))
         return grow_embeddings(stream, config.text_config.vocab_size)
 
     where = f"{os.fspath(path_or_repo_id)} (original LLaVA layout" + ("" if embedded else f", vision tower {source}") \

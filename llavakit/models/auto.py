@@ -14,6 +14,8 @@ from llavakit.models.clip import CLIPVisionModel
 from llavakit.models.llama import LlamaForCausalLM, LlamaModel, MistralForCausalLM, MistralModel
 from llavakit.models.llava import LlavaForConditionalGeneration, LlavaModel
 from llavakit.models.llava_next import LlavaNextForConditionalGeneration, LlavaNextModel
+from llavakit.models.llava_next_video import LlavaNextVideoForConditionalGeneration, LlavaNextVideoModel
+from llavakit.models.llava_onevision import LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel
 from llavakit.models.qwen2 import Qwen2ForCausalLM, Qwen2Model
 from llavakit.models.siglip import SiglipVisionModel
 from llavakit.models.vipllava import VipLlavaForConditionalGeneration, VipLlavaModel
@@ -70,7 +72,9 @@ class _AutoModel:
 
 class AutoModelForImageTextToText(_AutoModel):
     _classes = {"llava": LlavaForConditionalGeneration, "vipllava": VipLlavaForConditionalGeneration,
-                "llava_next": LlavaNextForConditionalGeneration}
+                "llava_next": LlavaNextForConditionalGeneration,
+                "llava_onevision": LlavaOnevisionForConditionalGeneration,
+                "llava_next_video": LlavaNextVideoForConditionalGeneration}
 
 
 class AutoModelForVision2Seq(AutoModelForImageTextToText):
@@ -84,6 +88,7 @@ class AutoModelForCausalLM(_AutoModel):
 class AutoModel(_AutoModel):
     """Models without a head."""
 
-    _classes = {"llava": LlavaModel, "vipllava": VipLlavaModel, "llava_next": LlavaNextModel, "llama": LlamaModel,
+    _classes = {"llava": LlavaModel, "vipllava": VipLlavaModel, "llava_next": LlavaNextModel,
+                "llava_onevision": LlavaOnevisionModel, "llava_next_video": LlavaNextVideoModel, "llama": LlamaModel,
                 "mistral": MistralModel, "clip_vision_model": CLIPVisionModel, "qwen2": Qwen2Model,
                 "siglip_vision_model": SiglipVisionModel}

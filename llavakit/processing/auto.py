@@ -7,16 +7,24 @@ import os
 from typing import Any
 
 from llavakit.loading.hub import resolve_file
+from llavakit.loading.original import is_original_config
 from llavakit.processing.image import CLIPImageProcessor, load_image_processor_dict
 from llavakit.processing.image_siglip import SiglipImageProcessor
 from llavakit.processing.image_llava import LlavaImageProcessor
 from llavakit.processing.image_next import LlavaNextImageProcessor
 from llavakit.processing.llava import LlavaProcessor
+from llavakit.processing.image_onevision import LlavaOnevisionImageProcessor
 from llavakit.processing.llava_next import LlavaNextProcessor
+from llavakit.processing.llava_next_video import LlavaNextVideoProcessor
+from llavakit.processing.llava_onevision import LlavaOnevisionProcessor
 from llavakit.processing.tokenizer import AutoTokenizer, drop_transformers_only_kwargs
+from llavakit.processing.video_processor import VIDEO_PROCESSOR_CLASSES, VideoProcessor, load_video_processor_dict
 
-PROCESSOR_CLASSES = {"LlavaProcessor": LlavaProcessor, "LlavaNextProcessor": LlavaNextProcessor}
-MODEL_TYPE_TO_PROCESSOR = {"llava": LlavaProcessor, "llava_next": LlavaNextProcessor}
+PROCESSOR_CLASSES = {"LlavaProcessor": LlavaProcessor, "LlavaNextProcessor": LlavaNextProcessor,
+                     "LlavaOnevisionProcessor": LlavaOnevisionProcessor,
+                     "LlavaNextVideoProcessor": LlavaNextVideoProcessor}
+MODEL_TYPE_TO_PROCESSOR = {"llava": LlavaProcessor, "llava_next": LlavaNextProcessor,
+                           "llava_onevision": LlavaOnevisionProcessor, "llava_next_video": LlavaNextVideoProcessor}
 IMAGE_PROCESSOR_CLASSES = {"CLIPImageProcessor": CLIPImageProcessor, "CLIPImageProcessorFast": CLIPImageProcessor,
                            "CLIPImageProcessorPil": CLIPImageProcessor, "CLIPFeatureExtractor": CLIPImageProcessor}
 IMAGE_PROCESSOR_CLASSES.update(dict.fromkeys(
@@ -25,6 +33,9 @@ IMAGE_PROCESSOR_CLASSES.update({name: LlavaImageProcessor for name in ("LlavaIma
                                                                        "LlavaImageProcessorPil")})
 IMAGE_PROCESSOR_CLASSES.update(dict.fromkeys(
     ["LlavaNextImageProcessor", "LlavaNextImageProcessorFast", "LlavaNextImageProcessorPil"], LlavaNextImageProcessor))
+IMAGE_PROCESSOR_CLASSES.update(dict.fromkeys(
+    ["LlavaOnevisionImageProcessor", "LlavaOnevisionImageProcessorFast", "LlavaOnevisionImageProcessorPil"],
+    LlavaOnevisionImageProcessor))
 
 
 def _read(path_or_repo_id: str | os.PathLike, filename: str, hub: dict[str, Any]) -> dict[str, Any] | None:
@@ -45,7 +56,8 @@ def _hub(revision: str | None, local_files_only: bool, cache_dir: str | None, to
 
 
 class AutoProcessor:
-    """The checkpoint's processor: processor_config.json's processor_class, else config.json's model_type;
+    """The checkpoint's processor: processor_config.json's processor_class, else an original LLaVA config.json's
+    own processor (original_llava.py; kwargs vision_tower=, model_base=, chat_template=), else config.json's model_type;
     a checkpoint with only tokenizer files gives its tokenizer, one with only image files its image processor."""
 
     @classmethod
@@ -66,7 +78,13 @@ class AutoProcessor:
                                  f"does not support; supported: {sorted(PROCESSOR_CLASSES)}")
             return PROCESSOR_CLASSES[declared].from_pretrained(path_or_repo_id, **hub, **kwargs)
 
-        model_type = (_read(path_or_repo_id, "config.json", hub) or {}).get("model_type")
+        model_config = _read(path_or_repo_id, "config.json", hub) or {}
+        if is_original_config(model_config):  # liuhaotian / mucai / LLaVA-NeXT repo layouts
+            from llavakit.processing.original_llava import build_processor
+
+            drop_transformers_only_kwargs(kwargs)
+            return build_processor(path_or_repo_id, model_config, hub=hub, **kwargs)
+        model_type = model_config.get("model_type")
         if model_type is not None:
             if model_type not in MODEL_TYPE_TO_PROCESSOR:
                 raise ValueError(f"{os.fspath(path_or_repo_id)} is a {model_type!r} checkpoint, which llavakit has no "
@@ -98,3 +116,21 @@ class AutoImageProcessor:
                              f"{sorted(IMAGE_PROCESSOR_CLASSES)}")
         return IMAGE_PROCESSOR_CLASSES[name].from_dict(config, **kwargs)
 
+
+
+class AutoVideoProcessor:
+    """The video processor named by `video_processor_type` in the checkpoint's video processor config."""
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, *, revision: str | None = None,
+                        local_files_only: bool = False, cache_dir: str | None = None, token: str | bool | None = None,
+                        subfolder: str | None = None, force_download: bool = False,
+                        **kwargs: Any) -> VideoProcessor:
+        config = load_video_processor_dict(path_or_repo_id, **_hub(revision, local_files_only, cache_dir, token,
+                                                                    subfolder, force_download))
+        drop_transformers_only_kwargs(kwargs)
+        name = config.get("video_processor_type")
+        if name not in VIDEO_PROCESSOR_CLASSES:
+            raise ValueError(f"video processor {name!r} is not supported by llavakit; supported: "
+                             f"{sorted(VIDEO_PROCESSOR_CLASSES)}")
+        return VIDEO_PROCESSOR_CLASSES[name].from_dict(config, **kwargs)

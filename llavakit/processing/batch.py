@@ -28,6 +28,14 @@ def _lengths(value: Any) -> list[int] | None:
     return None
 
 
+def _stack_tensors(key: str, value: list[torch.Tensor]) -> torch.Tensor:
+    shapes = [tuple(item.shape) for item in value]
+    if len(set(shapes)) > 1:
+        raise ValueError(f"cannot make one tensor of '{key}': its items have different shapes {shapes} (e.g. videos "
+                         "with different frame counts); make them equal, or pass return_tensors=None to keep lists")
+    return torch.stack(list(value))
+
+
 def _to_numpy(key: str, value: Any) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
@@ -40,7 +48,7 @@ def _to_numpy(key: str, value: Any) -> np.ndarray:
             "Pass padding=True (or padding='max_length') to pad them, or return_tensors=None to keep lists."
         )
     if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
-        return torch.stack(list(value)).numpy()
+        return _stack_tensors(key, value).numpy()
     return np.asarray(value)
 
 
@@ -48,7 +56,7 @@ def _to_torch(key: str, value: Any) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
-        return torch.stack(list(value))
+        return _stack_tensors(key, value)
     return torch.from_numpy(np.ascontiguousarray(_to_numpy(key, value)))
 
 

@@ -11,6 +11,7 @@ import bisect
 import json
 import logging
 import os
+import re
 from typing import Any
 
 from llavakit.loading.hub import resolve_file
@@ -34,6 +35,8 @@ class LlavaProcessor:
     """Wraps a CLIPImageProcessor and a tokenizer; expands `<image>` placeholders to the model's feature count."""
 
     image_processor_class = CLIPImageProcessor  # what from_pretrained builds from preprocessor_config.json
+    video_processor_class = None  # video models: what from_pretrained builds from the video processor config
+    config_keys = ("patch_size", "vision_feature_select_strategy", "image_token", "num_additional_image_tokens")
 
     def __init__(self, image_processor: CLIPImageProcessor, tokenizer: PreTrainedTokenizerFast,
                  patch_size: int | None = None, vision_feature_select_strategy: str | None = None,
@@ -78,23 +81,34 @@ class LlavaProcessor:
             count -= 1
         return count
 
+    video_processor = None  # processors of video models set one
+    video_token: str | None = None
+    video_token_id: int | None = None
+
     # ---- calling ----------------------------------------------------------------------------------
-    def __call__(self, images: Any = None, text: str | list[str] | None = None, padding: bool | str = False,
-                 truncation: bool | str | None = None, max_length: int | None = None,
+    def __call__(self, images: Any = None, text: str | list[str] | None = None, videos: Any = None,
+                 padding: bool | str = False, truncation: bool | str | None = None, max_length: int | None = None,
                  return_tensors: str | None = None, padding_side: str | None = None, add_special_tokens: bool = True,
                  **kwargs: Any) -> BatchFeature:
-        """Tokenize prompts (expanding each `<image>`) and preprocess the images, in one BatchFeature."""
-        out, _ = self._process(images, text, padding=padding, truncation=truncation, max_length=max_length,
-                               return_tensors=return_tensors, padding_side=padding_side,
+        """Tokenize prompts (expanding each `<image>` / `<video>`) and preprocess the images and videos,
+        in one BatchFeature."""
+        out, _ = self._process(images, text, videos=videos, padding=padding, truncation=truncation,
+                               max_length=max_length, return_tensors=return_tensors, padding_side=padding_side,
                                add_special_tokens=add_special_tokens, **kwargs)
         return out
 
-    def _process(self, images: Any, text: Any, *, return_tensors: str | None, **kwargs: Any
+    def _process(self, images: Any, text: Any, *, return_tensors: str | None, videos: Any = None, **kwargs: Any
                  ) -> tuple[BatchFeature, list[list[tuple[int, int]]]]:
         """The call, also returning per sample the (placeholder end, chars added so far) of each expansion."""
-        if images is None and text is None:
-            raise ValueError("LlavaProcessor needs text, images, or both")
-        image_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in self.image_processor.valid_kwargs}
+        if videos is not None and self.video_processor is None:
+            raise ValueError(f"{type(self).__name__} does not take videos (its model has no video input)")
+        if images is None and text is None and videos is None:
+            raise ValueError(f"{type(self).__name__} needs text, images, or both")
+        image_kwargs = {k: kwargs[k] for k in list(kwargs) if k in self.image_processor.valid_kwargs}
+        video_kwargs = {k: kwargs[k] for k in list(kwargs)
+                        if self.video_processor is not None and k in self.video_processor.valid_kwargs}
+        for key in set(image_kwargs) | set(video_kwargs):
+            del kwargs[key]
         unknown = set(kwargs) - set(_TOKENIZER_KWARGS) - {"padding", "truncation", "max_length", "padding_side",
                                                           "add_special_tokens"}
         if unknown:
@@ -115,51 +129,91 @@ class LlavaProcessor:
                                  f"{len(flat)} images.")
             if flat is None and found:
                 raise ValueError(f"Found {found} {self.image_token} tokens in the text but no images were passed.")
+            if self.video_token is not None:
+                self._check_video_placeholders(texts, videos)
 
-        image_outputs = self.image_processor(flat, **image_kwargs) if flat is not None else {}
+        image_outputs = self._process_images(images, flat, image_kwargs) if flat is not None else {}
+        video_outputs = self.video_processor(videos, **video_kwargs) if videos is not None else {}
         data: dict[str, Any] = {}
         shifts: list[list[tuple[int, int]]] = []
         if texts is not None:
-            counts = self._image_token_counts(image_outputs, image_kwargs.get("data_format") == "channels_last")
+            counts = {self.image_token: self._image_token_counts(
+                image_outputs, image_kwargs.get("data_format") == "channels_last")}
+            if video_outputs:
+                counts[self.video_token] = self._video_token_counts(video_outputs)
             texts, shifts = self._expand(texts, counts)
-            encoded = self.tokenizer(texts, **kwargs)
+            encoded = self._tokenize(texts, kwargs)
             self._check_image_tokens(texts, encoded["input_ids"], kwargs.get("max_length"))
             data.update(encoded)
         data.update(image_outputs)  # pixel_values (+ image_sizes for LLaVA-NeXT)
+        data.update(video_outputs)  # pixel_values_videos
         return BatchFeature(data, tensor_type=return_tensors), shifts
+
+    def _process_images(self, images: Any, flat: list[Any], image_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Run the image processor (OneVision's needs the per-sample nesting of `images`, not the flat list)."""
+        return self.image_processor(flat, **image_kwargs)
+
+    def _check_video_placeholders(self, texts: list[str], videos: Any) -> None:
+        """As many `<video>` placeholders in the prompts as videos passed."""
+        from llavakit.processing.video import flatten_videos  # here: only video processors need it
+
+        found = sum(t.count(self.video_token) for t in texts)
+        if videos is not None:
+            count = len(flatten_videos(videos))
+            if found != count:
+                raise ValueError(f"The total number of {self.video_token} tokens in the prompts should be the same as "
+                                 f"the number of videos passed. Found total {found} {self.video_token} tokens and "
+                                 f"{count} videos.")
+        elif found:
+            raise ValueError(f"Found {found} {self.video_token} tokens in the text but no videos were passed.")
+
+    def _video_token_counts(self, video_outputs: dict[str, Any]) -> list[int]:
+        """The `<video>` token count of each processed video, in order (video processors override this)."""
+        raise NotImplementedError
+
+    def _tokenize(self, texts: list[str], kwargs: dict[str, Any]) -> Any:
+        """The expanded prompts -> input_ids / attention_mask (the processor of original checkpoints overrides it)."""
+        return self.tokenizer(texts, **kwargs)
 
     def _image_token_counts(self, image_outputs: dict[str, Any], channels_last: bool) -> list[int]:
         """The `<image>` token count of each processed image, in order (subclasses read more than the shape)."""
         return [self.num_image_tokens(*(p.shape[:2] if channels_last else p.shape[-2:]))
                 for p in image_outputs.get("pixel_values", [])]
 
-    def _expand(self, texts: list[str], counts: list[int]) -> tuple[list[str], list[list[tuple[int, int]]]]:
-        """Replace the i-th `<image>` (across samples, in order) by counts[i] image tokens."""
-        token, counts = self.image_token, iter(counts)
+    def _expand(self, texts: list[str], counts: dict[str, list[int]]
+                ) -> tuple[list[str], list[list[tuple[int, int]]]]:
+        """Replace the i-th occurrence of each placeholder token (across samples, in order) by counts[token][i]
+        copies of it, e.g. {"<image>": [576, 576], "<video>": [1569]}."""
+        queues = {token: iter(token_counts) for token, token_counts in counts.items()}
+        pattern = re.compile("|".join(re.escape(t) for t in sorted(queues, key=len, reverse=True)))
         expanded, shifts = [], []
         for text in texts:
-            pieces = text.split(token)
-            out, sample_shifts, gained, position = [pieces[0]], [], 0, len(pieces[0])
-            for piece in pieces[1:]:
-                n = next(counts)
-                out.append(token * n + piece)
-                position += len(token)
+            out, sample_shifts, gained, end = [], [], 0, 0
+            for match in pattern.finditer(text):
+                token = match.group()
+                n = next(queues[token])
+                out.append(text[end:match.start()] + token * n)
                 gained += len(token) * (n - 1)
-                sample_shifts.append((position, gained))
-                position += len(piece)
+                sample_shifts.append((match.end(), gained))
+                end = match.end()
+            out.append(text[end:])
             expanded.append("".join(out))
             shifts.append(sample_shifts)
         return expanded, shifts
 
     def _check_image_tokens(self, texts: list[str], input_ids: list[list[int]], max_length: int | None) -> None:
         """Truncation must not cut image tokens: the model needs one position per image feature."""
-        in_text = [t.count(self.image_token) for t in texts]
-        in_ids = [list(ids).count(self.image_token_id) for ids in input_ids]
-        if in_text != in_ids:
-            raise ValueError(
-                f"Mismatch in `image` token count between text and `input_ids`: max_length={max_length} is too small "
-                f"for the image tokens. Got ids={in_ids} and text={in_text} image tokens per sample (each image needs "
-                f"{self.image_token} x its feature count). Disable truncation or increase max_length.")
+        for kind, token, token_id in (("image", self.image_token, self.image_token_id),
+                                      ("video", self.video_token, self.video_token_id)):
+            if token is None:
+                continue
+            in_text = [t.count(token) for t in texts]
+            in_ids = [list(ids).count(token_id) for ids in input_ids]
+            if in_text != in_ids:
+                raise ValueError(
+                    f"Mismatch in `{kind}` token count between text and `input_ids`: max_length={max_length} is too "
+                    f"small for the {kind} tokens. Got ids={in_ids} and text={in_text} {kind} tokens per sample "
+                    f"(each {kind} needs {token} x its feature count). Disable truncation or increase max_length.")
 
     # ---- chat templates ---------------------------------------------------------------------------
     def _resolve_template(self, chat_template: str | None) -> str:
@@ -211,13 +265,19 @@ class LlavaProcessor:
         if not tokenize:
             return texts if batched else texts[0]
 
-        images = [img for c in conversations for img in _images_in(c)]
+        images = [_images_in(c) for c in conversations]  # per conversation: OneVision counts images per sample
+        images = images if any(images) else None
         bos = self.tokenizer.bos_token
         if bos is not None and texts[0].startswith(bos):
             call_kwargs["add_special_tokens"] = False  # the template already wrote BOS
         if return_assistant_tokens_mask:
             call_kwargs["return_offsets_mapping"] = True
-        out, shifts = self._process(images or None, texts if batched else texts[0], return_tensors=None, **call_kwargs)
+        videos = [video for c in conversations for video in _videos_in(c)]
+        if videos and "do_sample_frames" not in call_kwargs and (
+                call_kwargs.get("num_frames") is not None or call_kwargs.get("fps") is not None):
+            call_kwargs["do_sample_frames"] = True  # num_frames= / fps= sample the decoded files
+        out, shifts = self._process(images, texts if batched else texts[0], return_tensors=None,
+                                    videos=videos or None, **call_kwargs)
         if return_assistant_tokens_mask:
             masks = []
             for offsets, sample_spans, sample_shifts in zip(out.pop("offset_mapping"), spans, shifts):
@@ -254,6 +314,8 @@ class LlavaProcessor:
         self.tokenizer.init_kwargs["processor_class"] = type(self).__name__
         paths = list(self.tokenizer.save_pretrained(save_directory))
         paths.append(self.image_processor.save_pretrained(save_directory))
+        if self.video_processor is not None:
+            paths.append(self.video_processor.save_pretrained(save_directory))
         paths.extend(save_chat_templates(self.chat_template, save_directory))
         path = os.path.join(save_directory, PROCESSOR_NAME)
         with open(path, "w", encoding="utf-8") as f:
@@ -274,6 +336,11 @@ class LlavaProcessor:
                    subfolder=subfolder, force_download=force_download)
         drop_transformers_only_kwargs(kwargs)
         processor_dict = read_processor_dict(path_or_repo_id, hub)
+        if not processor_dict and resolve_file(path_or_repo_id, "preprocessor_config.json", required=False,
+                                               **hub) is None:
+            original = _original_processor(path_or_repo_id, hub, kwargs)
+            if original is not None:
+                return original
         image_config = load_image_processor_dict(path_or_repo_id, **hub)
         from llavakit.processing.auto import IMAGE_PROCESSOR_CLASSES  # here: auto imports this module
         named = IMAGE_PROCESSOR_CLASSES.get(image_config.get("image_processor_type"))  # e.g. SiglipImageProcessor
@@ -285,13 +352,35 @@ class LlavaProcessor:
             template = load_processor_chat_template(path_or_repo_id, hub)
         if template is None:
             template = tokenizer.chat_template  # e.g. only tokenizer_config.json carries one
-        init = {k: processor_dict[k] for k in ("patch_size", "vision_feature_select_strategy", "image_token",
-                                               "num_additional_image_tokens") if k in processor_dict}
+        init = {k: processor_dict[k] for k in cls.config_keys if k in processor_dict}
+        if cls.video_processor_class is not None:
+            init["video_processor"] = load_video_processor(cls.video_processor_class, path_or_repo_id, hub)
         init.update(kwargs)
         init.setdefault("chat_template", template)
-        processor = cls(image_processor, tokenizer, **init)
+        processor = cls(image_processor=image_processor, tokenizer=tokenizer, **init)
         processor.name_or_path = os.fspath(path_or_repo_id)  # picks the built-in template when none ships
         return processor
+
+
+def load_video_processor(default_class: type, path_or_repo_id: str | os.PathLike, hub: dict[str, Any]) -> Any:
+    """The checkpoint's video processor: the class its config names when llavakit knows it, else default_class."""
+    from llavakit.processing.video_processor import VIDEO_PROCESSOR_CLASSES, load_video_processor_dict
+
+    config = load_video_processor_dict(path_or_repo_id, **hub)
+    named = VIDEO_PROCESSOR_CLASSES.get(config.get("video_processor_type"))
+    return (named if named and issubclass(named, default_class) else default_class).from_dict(config)
+
+def _original_processor(path_or_repo_id: str | os.PathLike, hub: dict[str, Any], kwargs: dict[str, Any]) -> Any:
+    """The processor of an original LLaVA folder (no processor files, an original config.json), else None."""
+    from llavakit.loading.original import is_original_config
+    from llavakit.processing.original_llava import build_processor
+
+    path = resolve_file(path_or_repo_id, "config.json", required=False, **hub)
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return build_processor(path_or_repo_id, data, hub=hub, **kwargs) if is_original_config(data) else None
 
 
 def read_processor_dict(path_or_repo_id: str | os.PathLike, hub: dict[str, Any]) -> dict[str, Any]:
@@ -318,18 +407,37 @@ def load_processor_chat_template(path_or_repo_id: str | os.PathLike, hub: dict[s
 
 
 def _openai_image_blocks(message: dict[str, Any]) -> dict[str, Any]:
-    """{"type": "image_url", "image_url": {"url": u}} (OpenAI style) -> {"type": "image", "url": u}."""
+    """{"type": "image_url", "image_url": {"url": u}} (OpenAI style) -> {"type": "image", "url": u}; the same
+    for "video_url" -> "video"."""
     content = message.get("content")
     if not isinstance(content, list):
         return message
     parts = []
     for part in content:
-        if isinstance(part, dict) and part.get("type") == "image_url" and "image_url" in part:
-            info = part["image_url"]
-            parts.append({"type": "image", "url": info.get("url", "") if isinstance(info, dict) else info})
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("image_url", "video_url") and kind in part:
+            info = part[kind]
+            parts.append({"type": kind[:-4], "url": info.get("url", "") if isinstance(info, dict) else info})
         else:
             parts.append(part)
     return {**message, "content": parts}
+
+
+def _videos_in(conversation: list[dict[str, Any]]) -> list[Any]:
+    """The videos a conversation's messages reference: paths/URLs (decoded later) or frames, in order."""
+    videos = []
+    for message in conversation:
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "video":
+                source = next((part[key] for key in ("video", "url", "path") if part.get(key) is not None), None)
+                if source is None:
+                    raise ValueError('a {"type": "video"} part needs a "video", "url" or "path" to load when '
+                                     "tokenize=True")
+                videos.append(source)
+    return videos
 
 
 def _images_in(conversation: list[dict[str, Any]]) -> list[Any]:

@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
-# llava-1.5 / vicuna style: "USER: <image>\n... ASSISTANT: ...". Each message is ROLE + ': ', then one
-# "<image>\n" per image part (images always come first), then each text part followed by a space.
+from llavakit.processing.conversations import CONVERSATION_TEMPLATES
+
+# llava-1.5 / vicuna style (also LLaVA-NeXT-Video-7B): "USER: <image>\n... ASSISTANT: ...". Each message is
+# ROLE + ': ', then one "<image>\n" per image part and one "<video>\n" per video part (images first, then
+# videos), then each text part followed by a space.
 # System messages print their text without a role. Assistant text sits in a generation block so that
 # assistant-token masks work.
 LLAVA = """\
@@ -18,7 +21,8 @@ LLAVA = """\
                     else message['content'] -%}
     {%- set texts = parts | selectattr('type', 'equalto', 'text') | map(attribute='text') | list -%}
     {%- set n_images = parts | selectattr('type', 'equalto', 'image') | list | length -%}
-    {{- '<image>\\n' * n_images -}}
+    {%- set n_videos = parts | selectattr('type', 'equalto', 'video') | list | length -%}
+    {{- '<image>\\n' * n_images ~ '<video>\\n' * n_videos -}}
     {%- if message['role'] == 'assistant' -%}
         {%- generation -%}
             {%- for text in texts -%}{{- text ~ ' ' -}}{%- endfor -%}
@@ -38,6 +42,7 @@ _PARTS = """\
                     else message['content'] -%}
     {%- set texts = parts | selectattr('type', 'equalto', 'text') | map(attribute='text') | list -%}
     {%- set n_images = parts | selectattr('type', 'equalto', 'image') | list | length -%}
+    {%- set n_videos = parts | selectattr('type', 'equalto', 'video') | list | length -%}
 """
 
 # llava-v1.6-mistral-7b: "[INST] <image>\n... [/INST] answer</s> [INST] ... [/INST]"; a system message is
@@ -121,19 +126,41 @@ VIP = """\
 {%- if add_generation_prompt -%}{{- '###Assistant:' -}}{%- endif -%}
 """
 
+# llava-onevision (llava-hf): "<|im_start|>user <image><video>\nText<|im_end|><|im_start|>assistant\n": the role and
+# a space, every image then every video placeholder, each text prefixed with "\n", and "<|im_end|>" with no
+# newline after it.
+ONEVISION = """\
+{%- for message in messages -%}
+""" + _PARTS + """\
+    {{- '<|im_start|>' ~ message['role'] ~ ' ' ~ '<image>' * n_images ~ '<video>' * n_videos -}}
+    {%- if message['role'] == 'assistant' -%}
+        {%- generation -%}{%- for text in texts -%}{{- '\\n' ~ text -}}{%- endfor -%}{%- endgeneration -%}
+    {%- else -%}
+        {%- for text in texts -%}{{- '\\n' ~ text -}}{%- endfor -%}
+    {%- endif -%}
+    {{- '<|im_end|>' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}
+"""
+
 TEMPLATES: dict[str, str] = {"llava": LLAVA, "mistral": MISTRAL, "chatml": CHATML, "llama3": LLAMA3, "qwen": QWEN,
-                             "interleave": INTERLEAVE, "vip": VIP}
+                             "interleave": INTERLEAVE, "vip": VIP, "onevision": ONEVISION}
 
 # Other names users know for the same formats: the original repos' conv modes and other tools' names.
 ALIASES: dict[str, str] = {
-    "vicuna": "llava", "vicuna_v1": "llava", "llava_v1": "llava", "v1": "llava",
-    "mistral_instruct": "mistral", "llava_mistral": "mistral",
-    "chatml_direct": "chatml", "yi": "chatml",
+    "vicuna": "llava",
+    "llava_mistral": "mistral",
+    "yi": "chatml",
     "llava_llama_3": "llama3", "llama-3": "llama3", "llama_3": "llama3",
     "qwen_1_5": "qwen", "chatml-llava": "interleave", "qwen_interleave": "interleave",
-    "vipllava": "vip", "vip-llava": "vip", "llava_v0": "vip",
+    "vipllava": "vip", "vip-llava": "vip",
+    "llava_onevision": "onevision", "llava-onevision": "onevision",
+    "llava_next_video": "llava", "next_video": "llava",
 }
 TEMPLATES.update({alias: TEMPLATES[name] for alias, name in ALIASES.items()})
+# The original repo's conv modes (llava_v1, vicuna_v1, mistral_instruct, chatml_direct, llava_v0, ...) print
+# exactly what its Conversation.get_prompt() prints, system prompt included: see conversations.py.
+TEMPLATES.update(CONVERSATION_TEMPLATES)
 
 
 def default_template_name(model_type: str | None = None, name: str | None = None) -> str:
@@ -144,6 +171,7 @@ def default_template_name(model_type: str | None = None, name: str | None = None
     text = f"{model_type or ''} {name or ''}".lower().replace("-", "_")
     rules = [
         (("vip",), "vip"),
+        (("onevision",), "onevision"),
         (("interleave",), "interleave"),
         (("llama3", "llama_3"), "llama3"),
         (("qwen", "72b", "110b"), "qwen"),

@@ -20,6 +20,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processo
 from llavakit.loading.hub import read_json, resolve_file
 from llavakit.processing import chat_template as chat
 from llavakit.processing.batch import BatchEncoding
+from llavakit.processing.sentencepiece import SPIECE_FILE, convert_sentencepiece
 
 logger = logging.getLogger(__name__)
 
@@ -711,16 +712,24 @@ def load_tokenizer_kwargs(path_or_repo_id: str | os.PathLike, hub: dict[str, Any
     """The constructor kwargs from a checkpoint's tokenizer files, following transformers 5's precedence."""
     overrides = drop_transformers_only_kwargs(dict(overrides))
     tokenizer_file = resolve_file(path_or_repo_id, TOKENIZER_FILE, required=False, **hub)
-    if tokenizer_file is None:
-        raise FileNotFoundError(
-            f"{TOKENIZER_FILE} not found in {os.fspath(path_or_repo_id)}: llavakit reads the fast-tokenizer file only "
-            "(convert a SentencePiece tokenizer.model once with transformers' AutoTokenizer(...).save_pretrained)")
+    spiece_file = None if tokenizer_file is not None else resolve_file(path_or_repo_id, SPIECE_FILE, required=False,
+                                                                          **hub)
+    if tokenizer_file is None and spiece_file is None:
+        raise FileNotFoundError(f"neither {TOKENIZER_FILE} nor {SPIECE_FILE} (SentencePiece) found in "
+                                f"{os.fspath(path_or_repo_id)}")
     config_file = resolve_file(path_or_repo_id, TOKENIZER_CONFIG_FILE, required=False, **hub)
     config = read_json(config_file) if config_file is not None else {}
     config.pop("init_inputs", None)
-    # transformers 5: with a tokenizer.json, its post-processor decides BOS/EOS, not tokenizer_config.json
-    config.pop("add_bos_token", None)
-    config.pop("add_eos_token", None)
+    if spiece_file is not None:
+        # the slow LlamaTokenizer's reading: legacy defaults to True, BOS on and EOS off unless configured
+        config["legacy"] = bool(overrides.get("legacy", config.get("legacy", True)))
+        config.setdefault("add_bos_token", True)
+        config.setdefault("add_eos_token", False)
+        config["tokenizer_object"] = convert_sentencepiece(spiece_file, legacy=config["legacy"])
+    else:
+        # transformers 5: with a tokenizer.json, its post-processor decides BOS/EOS, not tokenizer_config.json
+        config.pop("add_bos_token", None)
+        config.pop("add_eos_token", None)
     templates = read_chat_templates(path_or_repo_id, hub)
     if templates:  # template files win over a template inside tokenizer_config.json
         config["chat_template"] = templates["default"] if list(templates) == ["default"] else templates
@@ -744,7 +753,8 @@ def load_tokenizer_kwargs(path_or_repo_id: str | os.PathLike, hub: dict[str, Any
                     config["extra_special_tokens"] = existing
                 else:
                     config[key] = value
-    config["tokenizer_file"] = tokenizer_file
+    if tokenizer_file is not None:
+        config["tokenizer_file"] = tokenizer_file
     config["name_or_path"] = os.fspath(path_or_repo_id)
     return config
 

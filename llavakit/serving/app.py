@@ -44,6 +44,7 @@ def create_app(engine: Engine, model_name: str, limits: MediaLimits | None = Non
         engine.stop()
 
     app = FastAPI(title="llavakit", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.engine = engine  # for hosts that run the app without its lifespan (ray_serve.Replica)
     metrics = engine.metrics
 
     @app.middleware("http")
@@ -139,70 +140,90 @@ def _error(err: APIError) -> JSONResponse:
 
 async def _respond(request: Request, engine: Engine, req: ChatRequest, prompt: prompts.Prompt, model_name: str,
                    chat: bool) -> Any:
-    """Submit to the engine (errors before any output keep their status), then stream or collect."""
+    """Submit the n choices (errors before any output keep their status), then stream or collect."""
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
-    seq = engine.submit(prompt, req.sampling, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+
+    def submit_all() -> list:
+        seqs = []
+        try:
+            for i in range(req.sampling.n):
+                emit = (lambda index: lambda e: loop.call_soon_threadsafe(events.put_nowait, (index, e)))(i)
+                seqs.append(engine.submit(prompt, req.sampling, emit, choice=i))
+        except APIError:
+            for seq in seqs:
+                seq.cancel()
+            raise
+        return seqs
+
+    seqs = await run_in_threadpool(submit_all)  # compiling a structured-output constraint takes a moment
     meta = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, "created": int(time.time()),
             "model": model_name}
     if req.stream:
-        return StreamingResponse(_sse(events, seq, req, meta, chat), media_type="text/event-stream")
+        return StreamingResponse(_sse(events, seqs, req, meta, chat), media_type="text/event-stream")
+    texts, logprobs = [""] * len(seqs), [[] for _ in seqs]
+    last: list[Event | None] = [None] * len(seqs)
     try:
-        text, logprobs, last = "", [], None
-        while last is None or not (last.finish_reason or last.error):
+        while not all(e is not None and (e.finish_reason or e.error) for e in last):
             try:
-                last = await asyncio.wait_for(events.get(), timeout=0.5)
+                i, event = await asyncio.wait_for(events.get(), timeout=0.5)
             except asyncio.TimeoutError:
                 if await request.is_disconnected():
                     return None
                 continue
-            text, logprobs = text + last.text, logprobs + last.logprobs
+            texts[i], logprobs[i], last[i] = texts[i] + event.text, logprobs[i] + event.logprobs, event
+            if event.error:
+                raise event.error
     finally:
-        seq.cancel()  # frees the slot if the client left; a no-op when finished
-    if last.error:
-        raise last.error
-    choice = _choice(chat, text, logprobs, last.finish_reason, delta=False)
-    return {**meta, "object": "chat.completion" if chat else "text_completion", "choices": [choice],
+        for seq in seqs:
+            seq.cancel()  # frees the slots if the client left or a choice failed; a no-op when finished
+    choices = [_choice(chat, texts[i], logprobs[i], last[i].finish_reason, delta=False, index=i)
+               for i in range(len(seqs))]
+    return {**meta, "object": "chat.completion" if chat else "text_completion", "choices": choices,
             "usage": _usage(last)}
 
 
-async def _sse(events: asyncio.Queue, seq: Any, req: ChatRequest, meta: dict, chat: bool) -> AsyncIterator[str]:
-    """OpenAI's server-sent events: `data: {chunk}` per step, `data: [DONE]` last."""
+async def _sse(events: asyncio.Queue, seqs: list, req: ChatRequest, meta: dict, chat: bool) -> AsyncIterator[str]:
+    """OpenAI's server-sent events: `data: {chunk}` per step and choice, `data: [DONE]` last."""
     kind = "chat.completion.chunk" if chat else "text_completion"
 
     def chunk(**fields: Any) -> str:
         return f"data: {json.dumps({**meta, 'object': kind, **fields})}\n\n"
 
+    last: list[Event | None] = [None] * len(seqs)
     try:
         if chat:
-            yield chunk(choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                  "finish_reason": None}])
-        while True:
-            event: Event = await events.get()
+            for i in range(len(seqs)):
+                yield chunk(choices=[{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                      "finish_reason": None}])
+        while not all(e is not None and e.finish_reason for e in last):
+            i, event = await events.get()
             if event.error:
                 yield f"data: {json.dumps(event.error.body())}\n\n"
                 break
+            last[i] = event
             if event.text or event.logprobs or event.finish_reason:
-                yield chunk(choices=[_choice(chat, event.text, event.logprobs, event.finish_reason, delta=True)])
-            if event.finish_reason:
-                if req.include_usage:
-                    yield chunk(choices=[], usage=_usage(event))
-                break
+                yield chunk(choices=[_choice(chat, event.text, event.logprobs, event.finish_reason, delta=True,
+                                             index=i)])
+        else:
+            if req.include_usage:
+                yield chunk(choices=[], usage=_usage(last))
         yield "data: [DONE]\n\n"
     finally:
-        seq.cancel()  # the client disconnected, or the stream ended: either way the slot is free
+        for seq in seqs:
+            seq.cancel()  # the client disconnected, or the stream ended: either way the slots are free
 
 
-def _choice(chat: bool, text: str, logprobs: list[dict], finish: str | None, delta: bool) -> dict:
+def _choice(chat: bool, text: str, logprobs: list[dict], finish: str | None, delta: bool, index: int = 0) -> dict:
     if chat:
         key = "delta" if delta else "message"
         content = {"content": text} if delta else {"role": "assistant", "content": text}
         lp = {"content": [_chat_logprob(x) for x in logprobs]} if logprobs else None
-        return {"index": 0, key: content, "logprobs": lp, "finish_reason": finish}
+        return {"index": index, key: content, "logprobs": lp, "finish_reason": finish}
     lp = None
     if logprobs:
         lp = {"tokens": [x["token"] for x in logprobs], "token_logprobs": [x["logprob"] for x in logprobs],
               "top_logprobs": [dict(x["top"]) for x in logprobs]}
-    return {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}
+    return {"index": index, "text": text, "logprobs": lp, "finish_reason": finish}
 
 
 def _chat_logprob(x: dict) -> dict:
@@ -210,6 +231,7 @@ def _chat_logprob(x: dict) -> dict:
     return {"token": x["token"], "logprob": x["logprob"], "bytes": list(x["token"].encode()), "top_logprobs": top}
 
 
-def _usage(event: Event) -> dict:
-    return {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens,
-            "total_tokens": event.prompt_tokens + event.completion_tokens}
+def _usage(last: list[Event]) -> dict:
+    """Token counts: the prompt once, the completion tokens of every choice."""
+    prompt, completion = last[0].prompt_tokens, sum(e.completion_tokens for e in last)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

@@ -16,9 +16,11 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from llavakit.generation.logits import TopPLogitsWarper
+from llavakit.generation.logits import TopKLogitsWarper, TopPLogitsWarper
 from llavakit.generation.prefix_cache import FeatureCache
+from llavakit.generation.structured import GrammarMatcher
 from llavakit.models.cache import DynamicCache
+from llavakit.models.outputs import merged_features
 from llavakit.serving.memory import kv_budget_tokens
 from llavakit.serving.metrics import Metrics
 from llavakit.serving.schemas import APIError, SamplingParams
@@ -48,8 +50,8 @@ class Sequence:
     """One request in flight: its prompt, sampling options, output so far and where events go."""
 
     def __init__(self, prompt: Prompt, params: SamplingParams, emit: Callable[[Event], None],
-                 max_new_tokens: int) -> None:
-        self.prompt, self.params, self.emit = prompt, params, emit
+                 max_new_tokens: int, matcher: GrammarMatcher | None = None, seed: int | None = None) -> None:
+        self.prompt, self.params, self.emit, self.matcher = prompt, params, emit, matcher
         self.max_new_tokens = max_new_tokens
         self.prompt_len = prompt.input_ids.shape[1]
         self.generated: list[int] = []
@@ -58,7 +60,7 @@ class Sequence:
         self.cancelled = threading.Event()
         self.done = False
         self.generator = torch.Generator()
-        self.generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+        self.generator.manual_seed(seed if seed is not None else torch.seed())
 
     def cancel(self) -> None:
         """Ask the scheduler to drop this request at its next step (the client went away)."""
@@ -80,6 +82,7 @@ class Engine:
         self.metrics = metrics or Metrics()
         eos = model.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+        self.vocab_size = model.config.text_config.vocab_size  # the logits' width
         self.features = FeatureCache(max_entries=feature_cache_size)  # image bytes' digest -> (tokens, H)
         self.waiting: queue.Queue[Sequence] = queue.Queue()
         self.pending: collections.deque[Sequence] = collections.deque()  # taken off the queue, not admitted yet
@@ -101,8 +104,10 @@ class Engine:
         self.waiting.put(None)  # wake the loop
         self._thread.join(timeout=10)
 
-    def submit(self, prompt: Prompt, params: SamplingParams, emit: Callable[[Event], None]) -> Sequence:
-        """Queue a request; raises APIError when it can never fit or the queue is full."""
+    def submit(self, prompt: Prompt, params: SamplingParams, emit: Callable[[Event], None],
+               choice: int = 0) -> Sequence:
+        """Queue a request (choice i of n: seeded with seed + i); raises APIError when it can never fit, the queue
+        is full or its constraint is invalid. Compiling a constraint can take a moment: call from a worker thread."""
         n = prompt.input_ids.shape[1]
         room = self.max_model_len - n
         if room < 1:
@@ -117,7 +122,21 @@ class Engine:
                            f"{self.kv_tokens} tokens", "max_tokens", "context_length_exceeded")
         if self.waiting.qsize() + len(self.pending) >= self.max_queue:
             raise APIError(429, f"the server already has {self.max_queue} requests waiting; retry later")
-        seq = Sequence(prompt, params, emit, wanted)
+        wrong = [t for t in params.logit_bias if not 0 <= t < self.vocab_size]
+        if wrong:
+            raise APIError(400, f"'logit_bias' has token id {wrong[0]}, outside the vocabulary of {self.vocab_size}",
+                           "logit_bias")
+        matcher = None
+        if params.constraint is not None:
+            try:
+                matcher = GrammarMatcher(params.constraint, self.tokenizer, self.vocab_size, sorted(self.eos))
+            except ValueError as err:
+                raise APIError(400, str(err), params.constraint_param) from None
+            except ImportError:
+                raise APIError(400, "structured output needs llguidance: pip install 'llavakit[structured]'",
+                               params.constraint_param) from None
+        seed = params.seed + choice if params.seed is not None else None
+        seq = Sequence(prompt, params, emit, wanted, matcher, seed)
         self.waiting.put(seq)
         self.metrics.set_gauge("waiting", self.waiting.qsize())
         return seq
@@ -192,9 +211,9 @@ class Engine:
             return cached
         pixels = image["pixel_values"].to(self.model.device, self.model.dtype)
         if image.get("image_sizes") is not None:  # LLaVA-NeXT: a list of packed (tokens_i, H)
-            features = self.model.get_image_features(pixels, image["image_sizes"])[0]
+            features = merged_features(self.model.get_image_features(pixels, image["image_sizes"]))
         else:
-            features = self.model.get_image_features(pixels)[0]  # (P, H)
+            features = merged_features(self.model.get_image_features(pixels))  # (P, H)
         self.features.put(key, features)
         return features
 
@@ -256,16 +275,36 @@ class Engine:
         self.cache.value_cache = [v[..., n:, :] for v in self.cache.value_cache]
 
     # ---- per-token bookkeeping --------------------------------------------------------------------
+    def _scores(self, seq: Sequence, logits: torch.Tensor) -> torch.Tensor:
+        """The logits (V,) after the request's logit bias, presence/frequency penalties and constraint mask."""
+        p, scores = seq.params, logits
+        if p.logit_bias:
+            ids = torch.tensor(list(p.logit_bias), device=logits.device)
+            scores = scores.index_add(0, ids, torch.tensor(list(p.logit_bias.values()), device=logits.device))
+        if (p.presence_penalty or p.frequency_penalty) and seq.generated:
+            counts = torch.bincount(torch.tensor(seq.generated), minlength=scores.shape[0])[:scores.shape[0]]
+            counts = counts.to(scores.device, scores.dtype)  # (V,) times each token was generated
+            scores = scores - p.frequency_penalty * counts - p.presence_penalty * (counts > 0).to(scores.dtype)
+        if seq.matcher is not None:
+            scores = seq.matcher.mask(scores)
+        return scores
+
     def _sample(self, seq: Sequence, logits: torch.Tensor) -> int:
-        """Greedy at temperature 0, else temperature + top-p sampling with the request's own generator."""
+        """Greedy at temperature 0, else temperature, top-k, top-p and min-p sampling with the request's own
+        generator."""
         p = seq.params
+        scores = self._scores(seq, logits)
         if p.temperature == 0:
-            return int(logits.argmax())
-        scores = logits / p.temperature  # (V,)
+            return int(scores.argmax())
+        scores = scores / p.temperature  # (V,)
+        if p.top_k:
+            scores = TopKLogitsWarper(p.top_k)(None, scores[None])[0]
         if p.top_p < 1.0:
             scores = TopPLogitsWarper(p.top_p)(None, scores[None])[0]
-        probs = torch.softmax(scores, dim=-1).cpu()
-        return int(torch.multinomial(probs, 1, generator=seq.generator))
+        probs = torch.softmax(scores, dim=-1)
+        if p.min_p:  # drop tokens less likely than min_p times the most likely one
+            probs = torch.where(probs >= p.min_p * probs.max(), probs, 0)
+        return int(torch.multinomial(probs.cpu(), 1, generator=seq.generator))
 
     def _logprob(self, seq: Sequence, logits: torch.Tensor, token: int) -> dict:
         logprobs = torch.log_softmax(logits, dim=-1)  # (V,)
@@ -276,7 +315,13 @@ class Engine:
 
     def _accept(self, seq: Sequence, logits: torch.Tensor) -> None:
         """Pick the next token, apply the stop rules and emit the text that is safe to show."""
-        token = self._sample(seq, logits)
+        try:
+            token = self._sample(seq, logits)
+            if seq.matcher is not None and token not in self.eos:
+                seq.matcher.advance(token)
+        except ValueError as err:  # the constraint reached a dead end: end the request with the reason
+            self._fail([seq], APIError(400, str(err), seq.params.constraint_param))
+            return
         seq.generated.append(token)
         self.metrics.inc("generation_tokens_total")
         finish = None

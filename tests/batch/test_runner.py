@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from llavakit.batch.runner import BatchEngine
+from tests.reference import hf_processor
 
 PROMPTS = ["What is this?", "Describe the cat in detail, please.", None, "hi"]
 
@@ -65,7 +66,7 @@ def test_answers_match_transformers_greedy(engine, rows, tiny_llava_dir):
     import PIL.Image
     import transformers
 
-    processor = transformers.AutoProcessor.from_pretrained(tiny_llava_dir)
+    processor = hf_processor(tiny_llava_dir)
     model = transformers.LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir).eval()
     ours = engine.run(rows)
     for row, result in zip(rows, ours):

@@ -62,7 +62,8 @@ def test_generate_runs_next_and_vip_checkpoints(request, fixture, photos):
 # 2. one way to name the model; merge takes what the README shows; an adapter is not a model
 
 def test_chat_serve_and_batch_take_dash_dash_model_and_default_to_the_demo(shapes_data, tmp_path):
-    chat = llavakit("chat", "--model", "demo", "--image", demo.EXAMPLE_IMAGE, stdin="What shape is inside the red box?\n")
+    chat = llavakit("chat", "--model", "demo", "--image", demo.EXAMPLE_IMAGE,
+                    stdin="What shape is inside the red box?\n")
     assert chat.returncode == 0, chat.stderr
     assert "assistant> square" in chat.stdout
     out = tmp_path / "results.jsonl"

@@ -19,6 +19,7 @@ from tests.loading.test_original import (IMAGE, PAD, assert_same_logits, inputs,
                                          write_tower)
 from tests.loading.test_original_next import (assert_same_next_logits, next_inputs, tiny_next_reference,
                                               write_next_original)
+from tests.reference import hf_processor
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_transformers_loads_the_converted_model(converted):
 
 def test_converted_processor(converted, photos):
     _, dst = converted
-    hf = transformers.AutoProcessor.from_pretrained(dst)
+    hf = hf_processor(dst)
     ours = AutoProcessor.from_pretrained(dst)
     assert hf.tokenizer.convert_tokens_to_ids(["<image>", "<pad>"]) == [IMAGE, PAD]
     assert ours.tokenizer.pad_token == "<pad>" and ours.tokenizer.padding_side == "left"
@@ -91,7 +92,7 @@ def test_convert_vip(tmp_path, original_tokenizer):
                  str(original_tokenizer)]) == 0
     hf = transformers.VipLlavaForConditionalGeneration.from_pretrained(dst).eval()
     assert_same_logits(reference, hf)
-    assert transformers.AutoProcessor.from_pretrained(dst).chat_template == TEMPLATES["vip"]
+    assert hf_processor(dst).chat_template == TEMPLATES["vip"]
 
 
 def test_convert_errors(tmp_path, tiny_llava_dir, converted, capsys):
@@ -120,7 +121,7 @@ def test_convert_next(tmp_path, original_tokenizer, tiny_llava_next_dir, photos,
     dst = tmp_path / (name + "-hf")
     assert main(["convert", str(src), str(dst), "--vision-tower", str(tower)]) == 0
 
-    processor = transformers.AutoProcessor.from_pretrained(dst)
+    processor = hf_processor(dst)
     assert type(processor) is transformers.LlavaNextProcessor
     assert processor.image_processor.image_grid_pinpoints == assets.NEXT_PINPOINTS
     assert processor.image_processor.crop_size["height"] == assets.NEXT_CROP and processor.patch_size == 7
@@ -128,7 +129,7 @@ def test_convert_next(tmp_path, original_tokenizer, tiny_llava_next_dir, photos,
     assert processor.chat_template == TEMPLATES[template]
     batch = next_inputs(processor, photos)
     # the converted processor gives what the llava-hf processor of the same sizes gives
-    hub_processor = transformers.AutoProcessor.from_pretrained(tiny_llava_next_dir)
+    hub_processor = hf_processor(tiny_llava_next_dir)
     hub_processor.tokenizer.padding_side = "left"  # as the converted tokenizer (and llava-hf's) pads
     hub_style = next_inputs(hub_processor, photos)
     assert batch["input_ids"].tolist() == hub_style["input_ids"].tolist()

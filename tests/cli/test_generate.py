@@ -9,6 +9,7 @@ from PIL import Image
 from llavakit import demo
 from llavakit.cli.main import main
 from llavakit.training import synthetic
+from tests.reference import hf_processor
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def test_demo_checkpoint_is_a_valid_llava_hf_folder(demo_cache, monkeypatch, tra
     image = Image.open(demo.EXAMPLE_IMAGE)
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is here?"}]}]
     ours_proc = llavakit.AutoProcessor.from_pretrained(path)
-    theirs_proc = transformers.AutoProcessor.from_pretrained(path)
+    theirs_proc = hf_processor(path)
     prompt = ours_proc.apply_chat_template(conversation, add_generation_prompt=True)
     assert prompt == theirs_proc.apply_chat_template(conversation, add_generation_prompt=True)
     ours_in = ours_proc(images=image, text=prompt, return_tensors="pt")
@@ -84,7 +85,7 @@ def test_generate_with_a_checkpoint_matches_transformers(tiny_llava_dir, photos,
                  "--prompt", prompt, "--max-new-tokens", "12", "--no-stream"]) == 0
     printed = capsys.readouterr().out.strip()
 
-    processor = transformers.AutoProcessor.from_pretrained(tiny_llava_dir)
+    processor = hf_processor(tiny_llava_dir)
     model = transformers.LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir)
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
     text = processor.apply_chat_template(conversation, add_generation_prompt=True)
@@ -129,7 +130,7 @@ def test_quantize_flag_nf4_matches_transformers_bitsandbytes(tiny_llava_dir, pho
     printed = capsys.readouterr().out.strip()
     config = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", llm_int8_skip_modules=[
         "model.vision_tower", "model.multi_modal_projector", "lm_head"])  # llavakit's default skips, their names
-    processor = transformers.AutoProcessor.from_pretrained(tiny_llava_dir)
+    processor = hf_processor(tiny_llava_dir)
     model = transformers.LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir, quantization_config=config,
                                                                        device_map="cpu")
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]

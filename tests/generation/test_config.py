@@ -96,7 +96,11 @@ def test_merged_with_defaults_fills_only_unset_options():
     (dict(do_sample=True, top_p=0.0), "top_p"),
     (dict(top_k=-3), "top_k"),
     (dict(repetition_penalty=0.0), "repetition_penalty"),
-    (dict(num_beams=4), "num_beams=4: beam search is not supported"),
+    (dict(num_beams=0), "num_beams must be an integer >= 1, got 0"),
+    (dict(num_return_sequences=0), "num_return_sequences"),
+    (dict(early_stopping="sometimes"), "early_stopping must be True, False or 'never'"),
+    (dict(max_time=-1), "max_time"),
+    (dict(no_repeat_ngram_size=-1), "no_repeat_ngram_size"),
     (dict(eos_token_id="2"), "eos_token_id"),
     (dict(stop_strings=""), "stop_strings"),
     (dict(stop_strings=["ok", 3]), "stop_strings"),
@@ -110,9 +114,12 @@ def test_update_validates_and_unsupported_transformers_options_error():
     config = GenerationConfig()
     with pytest.raises(ValueError, match="top_p"):
         config.update(do_sample=True, top_p=2.0)
-    with pytest.raises(ValueError, match="typical_p=0.5 is a transformers generation option"):
-        GenerationConfig.from_dict({"typical_p": 0.5})
-    assert GenerationConfig.from_dict({"typical_p": 1.0}).typical_p == 1.0  # the "off" value is fine
+    with pytest.raises(ValueError, match="token_healing=True is a transformers generation option"):
+        GenerationConfig.from_dict({"token_healing": True})
+    with pytest.raises(ValueError, match="penalty_alpha=0.6 selects contrastive search, which transformers moved out"):
+        GenerationConfig.from_dict({"penalty_alpha": 0.6})
+    assert GenerationConfig.from_dict({"penalty_alpha": 0.0}).penalty_alpha == 0.0  # the "off" value is fine
+    assert GenerationConfig.from_dict({"typical_p": 0.5}).typical_p == 0.5  # supported now
 
 
 def test_greedy_ignores_sampling_values():

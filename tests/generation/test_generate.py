@@ -20,6 +20,7 @@ from llavakit import GenerationConfig, LlavaForConditionalGeneration, TextIterat
 from llavakit.generation.utils import GenerationMixin
 from llavakit.models.llama import LlamaForCausalLM
 from llavakit.models.cache import DynamicCache, StaticCache
+from tests.reference import comparable_stream, hf_processor
 
 PROMPT = "USER: <image>\nWhat is shown in this image? ASSISTANT:"
 TWO_IMAGES = "USER: <image>\n<image>\nWhat differs between these two pictures? ASSISTANT:"
@@ -28,7 +29,7 @@ TEXT_ONLY = "USER: Tell me a short story about a cat. ASSISTANT:"
 
 @pytest.fixture(scope="module")
 def processor(tiny_llava_dir):
-    processor = transformers.AutoProcessor.from_pretrained(tiny_llava_dir)
+    processor = hf_processor(tiny_llava_dir)
     processor.tokenizer.padding_side = "left"
     return processor
 
@@ -341,7 +342,7 @@ def test_return_dict_in_generate_with_scores(llava, processor, images):
     assert len(ours.scores) == len(theirs.scores) == 5 and len(ours.logits) == 5
     for a, b in zip(ours.scores + ours.logits, theirs.scores + theirs.logits):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
-    assert ours["sequences"] is ours.sequences and ours.past_key_values.get_seq_length() > 0
+    assert ours["sequences"] is ours.sequences and ours.cache.get_seq_length() > 0
 
 
 def test_continue_from_a_returned_cache(llava, processor, images):
@@ -351,8 +352,8 @@ def test_continue_from_a_returned_cache(llava, processor, images):
     follow_up = processor.tokenizer(" USER: And then? ASSISTANT:", add_special_tokens=False,
                                     return_tensors="pt")["input_ids"]
     prompt = torch.cat([first.sequences, follow_up], dim=1)
-    assert first.past_key_values.get_seq_length() == first.sequences.shape[1] - 1  # the last token is not fed yet
-    resumed = ours.generate(input_ids=prompt, past_key_values=first.past_key_values, max_new_tokens=6)
+    assert first.cache.get_seq_length() == first.sequences.shape[1] - 1  # the last token is not fed yet
+    resumed = ours.generate(input_ids=prompt, cache=first.cache, max_new_tokens=6)
     fresh = ours.generate(input_ids=prompt, pixel_values=inputs["pixel_values"], max_new_tokens=6)
     assert_same_tokens(resumed, fresh)
 
@@ -395,7 +396,7 @@ def test_streamer_in_a_thread_yields_the_new_text(llava, processor, images):
     assert "".join(pieces) == tokenizer.decode(new)
     reference = tstreamers.TextIteratorStreamer(tokenizer, skip_prompt=True)
     theirs.generate(**inputs, streamer=reference, max_new_tokens=15)
-    assert pieces == list(reference)
+    assert comparable_stream(pieces) == comparable_stream(list(reference))
 
 
 def test_streamer_needs_batch_size_one(llava, processor, images):
@@ -415,12 +416,16 @@ def test_streamer_ends_when_generate_fails(llava, processor):
 
 # ---- errors and warnings -----------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(num_beams=3), "num_beams=3: beam search is not supported"),
+    (dict(num_beams=3, num_return_sequences=4), "num_return_sequences=4 must be <= num_beams=3"),
+    (dict(num_return_sequences=2), "num_return_sequences=2 needs sampling"),
+    (dict(penalty_alpha=0.6, top_k=4), "contrastive search, which transformers moved out of its core"),
+    (dict(dola_layers="high"), "DoLa decoding, which transformers moved out"),
+    (dict(num_beams=4, num_beam_groups=2), "group \\(diverse\\) beam search"),
+    (dict(num_beams=2, force_words_ids=[[5]]), "constrained beam search"),
     (dict(max_new_token=5), r"neither generation options nor inputs of LlavaForConditionalGeneration.forward: "
                             r"\['max_new_token'\]"),
     (dict(do_sample=True, temperature=0.0), "temperature must be > 0 when do_sample=True"),
     (dict(max_new_tokens=-4), "max_new_tokens must be an integer >= 1, got -4"),
-    (dict(num_return_sequences=2), "num_return_sequences=2 is a transformers generation option"),
     (dict(return_dict=False), r"generate sets \['return_dict'\] itself"),
 ])
 def test_bad_options_raise_clear_errors(llava, processor, kwargs, message):
@@ -508,10 +513,10 @@ def test_static_and_dynamic_caches_give_transformers_tokens(which, request, proc
                                  return_dict_in_generate=True)
     assert_same_tokens(static.sequences, theirs)
     assert_same_tokens(dynamic.sequences, theirs)
-    assert isinstance(static.past_key_values, StaticCache) and isinstance(dynamic.past_key_values, DynamicCache)
+    assert isinstance(static.cache, StaticCache) and isinstance(dynamic.cache, DynamicCache)
     T = inputs["input_ids"].shape[1]
-    assert static.past_key_values.max_cache_len == T + 9  # prompt + new tokens, allocated once
-    for a, b in zip(static.past_key_values.to_legacy_cache(), dynamic.past_key_values.to_legacy_cache()):
+    assert static.cache.max_cache_len == T + 9  # prompt + new tokens, allocated once
+    for a, b in zip(static.cache.to_legacy_cache(), dynamic.cache.to_legacy_cache()):
         torch.testing.assert_close(a[0], b[0], atol=1e-6, rtol=0)
 
 

@@ -9,11 +9,13 @@ import transformers
 from transformers.generation import streamers as tstreamers
 
 from llavakit.generation.streamer import TextIteratorStreamer, TextStreamer
+from tests.reference import comparable_stream
 
 PROMPT = "USER: Describe the image. ASSISTANT:"
 ANSWERS = [
     " A cat sits on a rug.\nIt looks at the camera, calm and curious.</s>",
     " 東京の猫です。 Café crème 😀 ok\n\nbye",
+    " Here:\ndef f():\n    return 1\n  # done",  # indented lines: the leading spaces must survive
 ]
 
 
@@ -43,11 +45,27 @@ def test_iterator_pieces_equal_transformers(tokenizer, answer, kwargs):
     new_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
     ours = pieces(TextIteratorStreamer, tokenizer, prompt_ids, new_ids, **kwargs)
     theirs = pieces(tstreamers.TextIteratorStreamer, tokenizer, prompt_ids, new_ids, **kwargs)
-    assert ours == theirs
+    assert comparable_stream(ours) == comparable_stream(theirs)
     assert len([p for p in ours if p]) > 3  # really streamed in several pieces
-    if kwargs.get("skip_prompt"):
-        decode_kwargs = {k: v for k, v in kwargs.items() if k != "skip_prompt"}
-        assert "".join(ours) == tokenizer.decode(new_ids, **decode_kwargs)
+    decode_kwargs = {k: v for k, v in kwargs.items() if k != "skip_prompt"}
+    streamed_ids = new_ids if kwargs.get("skip_prompt") else prompt_ids + new_ids
+    assert "".join(ours) == tokenizer.decode(streamed_ids, **decode_kwargs)
+
+
+def test_words_are_released_as_soon_as_they_are_letters(tokenizer):
+    """5.24+ chunking: a word leaves with its own token, symbols wait for the next space."""
+    new_ids = tokenizer(" A cat sits (on a rug)", add_special_tokens=False)["input_ids"]
+    ours = pieces(TextIteratorStreamer, tokenizer, [1], new_ids, skip_prompt=True)
+    assert ours[:3] == ["A", " cat", " sits"]
+    assert "".join(ours) == tokenizer.decode(new_ids)
+    assert all(not piece.endswith("(") for piece in ours)  # "(" waited for what follows
+
+
+def test_indented_lines_keep_their_leading_spaces(tokenizer):
+    new_ids = tokenizer(" def f():\n    return 1\n\n  x = 2", add_special_tokens=False)["input_ids"]
+    ours = pieces(TextIteratorStreamer, tokenizer, [1], new_ids, skip_prompt=True)
+    assert "".join(ours) == tokenizer.decode(new_ids)
+    assert "    return 1" in "".join(ours) and "\n  x = 2" in "".join(ours)
 
 
 def test_text_streamer_prints_like_transformers(tokenizer, capsys):

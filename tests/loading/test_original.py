@@ -315,8 +315,9 @@ def test_merge_lora_is_w_plus_scaled_b_a():
         original.lora_scale({"r": 0, "lora_alpha": 8})
 
 
-def test_lora_folder_merges_adapter_and_trainables(tmp_path, reference, tower_dir):
-    """base LLM (W - delta) + LoRA (B @ A * scale = delta) + non_lora_trainables (projector) == the reference."""
+def write_lora(root: Path, reference, base_dir: Path | None = None) -> tuple[Path, Path]:
+    """(base folder, -lora folder) as liuhaotian/llava-v1.5-7b-lora with its vicuna base: base LLM (W - delta),
+    LoRA pairs (B @ A * scale = delta) and non_lora_trainables.bin (the projector); merged, they are `reference`."""
     r, alpha, scale = 2, 4, 2.0
     full = original_state(reference, with_tower=False)
     gen = torch.Generator().manual_seed(1)
@@ -331,10 +332,10 @@ def test_lora_folder_merges_adapter_and_trainables(tmp_path, reference, tower_di
             adapter[module + ".lora_A.weight"], adapter[module + ".lora_B.weight"] = a, b
             value = value - b @ a * scale
         base[key] = value.contiguous()
-    base_dir = tmp_path / "vicuna"
-    base_dir.mkdir()
+    base_dir = base_dir or root / "vicuna"
+    base_dir.mkdir(parents=True, exist_ok=True)
     save_file(base, base_dir / "model.safetensors")
-    lora_dir = tmp_path / "llava-v1.5-7b-lora"
+    lora_dir = root / "llava-v1.5-7b-lora"
     lora_dir.mkdir()
     (lora_dir / "config.json").write_text(json.dumps(original_config("llava", TOWER_REPO)))
     (lora_dir / "adapter_config.json").write_text(json.dumps(
@@ -342,7 +343,12 @@ def test_lora_folder_merges_adapter_and_trainables(tmp_path, reference, tower_di
     save_file(adapter, lora_dir / "adapter_model.safetensors")
     torch.save({"base_model.model." + k: v for k, v in full.items() if k.startswith("model.mm_projector.")},
                lora_dir / "non_lora_trainables.bin")
+    return base_dir, lora_dir
 
+
+def test_lora_folder_merges_adapter_and_trainables(tmp_path, reference, tower_dir):
+    """base LLM (W - delta) + LoRA (B @ A * scale = delta) + non_lora_trainables (projector) == the reference."""
+    base_dir, lora_dir = write_lora(tmp_path, reference)
     with pytest.raises(ValueError, match="use_safetensors=False"):
         LlavaForConditionalGeneration.from_pretrained(lora_dir, vision_tower=tower_dir, model_base=base_dir)
     with pytest.raises(ValueError, match="does not read local paths"):  # base path from adapter_config.json

@@ -22,6 +22,7 @@ from llavakit.loading import original
 from tests import assets
 from tests.loading.test_original import (OLD_VOCAB, TOWER_REPO, _edited_copy, fake_hub_cache, fill_new_rows_,
                                          original_config, original_state, write_tower)
+from tests.reference import hf_processor
 
 YI_VOCAB = 64000  # Nous-Hermes-2-Yi-34B, the llava-v1.6-34b decoder
 MISTRAL_ROPE = 1_000_000.0  # Mistral-7B-Instruct-v0.2's rope_theta
@@ -88,7 +89,7 @@ def assert_same_next_logits(hf, ours, batch: dict[str, torch.Tensor]) -> None:
 
 @pytest.fixture(scope="module")
 def hf_processor(tiny_llava_next_dir):
-    return transformers.AutoProcessor.from_pretrained(tiny_llava_next_dir)
+    return hf_processor(tiny_llava_next_dir)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,7 @@ def test_config_follows_the_converter(vicuna_dir, vicuna_tower):
     model = LlavaNextForConditionalGeneration.from_pretrained(vicuna_dir, vision_tower=vicuna_tower)
     config = model.config
     assert config.model_type == "llava_next"
-    assert config.image_grid_pinpoints == assets.NEXT_PINPOINTS
+    assert config.image_grid_pinpoints == [[w, h] for h, w in assets.NEXT_PINPOINTS]  # tiles as the original
     assert config.image_token_index == OLD_VOCAB and config.pad_token_id == OLD_VOCAB + 1
     assert config.text_config.vocab_size == 32064 and config.tie_word_embeddings is False
     assert config.vision_feature_layer == -2 and config.vision_feature_select_strategy == "default"
@@ -119,15 +120,16 @@ def test_config_follows_the_converter(vicuna_dir, vicuna_tower):
 
 
 @pytest.mark.parametrize("value, expected", [
-    ([[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],  # llava-v1.6: kept as llava-hf has it
-     [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]),
+    ([[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],  # llava-v1.6, read as (width, height)
+     [[672, 336], [336, 672], [672, 672], [336, 1008], [1008, 336]]),
     ([[672, 336], [1008, 336]], [[336, 672], [336, 1008]]),  # (width, height) -> (height, width)
-    ("(1x1),(1x2),(2x1)", [[28, 28], [28, 56], [56, 28]]),
+    ("(1x1),(1x2),(2x1)", [[28, 28], [56, 28], [28, 56]]),
     ("(1x1),...,(2x3)", [[28, 28], [56, 28], [84, 28], [28, 56], [56, 56], [84, 56]]),  # a range, swapped
-    ("[(28, 56), (56, 28)]", [[28, 56], [56, 28]]),
+    ("[(28, 56), (56, 28)]", [[56, 28], [28, 56]]),
 ])
 def test_grid_pinpoints_forms(value, expected):
     assert original.grid_pinpoints(value, 28) == expected
+    assert original.written_pinpoints(value, 28) == [[w, h] for h, w in expected]
 
 
 @pytest.mark.parametrize("value", ["anyres", [[336, 0]], [], [[336]], [[True, 336]], "[[336, 'a']]", "(1x1),(x)",
@@ -177,12 +179,15 @@ def test_wrong_class_names_the_right_one(vicuna_dir, vicuna_tower):
 @pytest.mark.parametrize("changes, message", [
     ({"mm_patch_merge_type": "flat"}, "mm_patch_merge_type='flat'"),
     ({"mm_patch_merge_type": None}, "mm_patch_merge_type=None"),
+    # anyres_max / llava_qwen make it a OneVision checkpoint (tests/loading/test_original_video.py), which
+    # needs a SigLIP tower and anyres_max_N
     ({"image_aspect_ratio": "anyres_max_9", "mm_patch_merge_type": "spatial_unpad_anyres_max_9"},
-     "image_aspect_ratio='anyres_max_9'"),
+     "OneVision checkpoints use a SigLIP vision tower"),
     ({"image_aspect_ratio": "pad"}, "image_aspect_ratio='pad' with mm_patch_merge_type='spatial_unpad'"),
     ({"image_grid_pinpoints": "(1x1),(x)"}, "cannot read image_grid_pinpoints"),
-    ({"architectures": ["LlavaQwenForCausalLM"], "model_type": "llava_qwen"}, "'LlavaQwenForCausalLM'"),
-    ({"architectures": None, "model_type": "llava_qwen"}, "'llava_qwen'"),
+    ({"architectures": ["LlavaQwenForCausalLM"], "model_type": "llava_qwen"}, "image_aspect_ratio='anyres' with"),
+    ({"architectures": ["LlavaGemmaForCausalLM"]}, "'LlavaGemmaForCausalLM'"),
+    ({"architectures": None, "model_type": "llava_gemma"}, "'llava_gemma'"),
 ])
 def test_unsupported_next_variants(tmp_path, vicuna_dir, vicuna_tower, changes, message):
     folder = _edited_copy(vicuna_dir, tmp_path / "x", **changes)

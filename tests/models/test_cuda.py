@@ -6,13 +6,14 @@ import transformers
 from PIL import Image
 
 import llavakit
+from tests.reference import hf_processor
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_greedy_generate_on_cuda_matches_transformers(tiny_llava_dir, photos, dtype):
-    processor = transformers.AutoProcessor.from_pretrained(tiny_llava_dir)
+    processor = hf_processor(tiny_llava_dir)
     prompts = ["USER: <image>\nWhat is this? ASSISTANT:", "USER: <image>\nDescribe the photo in a sentence. ASSISTANT:"]
     images = [Image.open(photos["chelsea"]), Image.open(photos["rocket"])]
     inputs = processor(images=images, text=prompts, padding=True, padding_side="left",

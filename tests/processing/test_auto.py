@@ -8,6 +8,7 @@ import transformers
 
 import llavakit
 from llavakit import AutoImageProcessor, AutoProcessor, CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
+from tests.reference import hf_processor
 
 
 @pytest.mark.parametrize("layout", ["tiny_llava_dir", "tiny_llava_hub_dir", "tiny_mistral_llava_dir"])
@@ -15,14 +16,14 @@ def test_llava_checkpoints_give_a_llava_processor(request, layout):
     folder = request.getfixturevalue(layout)
     processor = AutoProcessor.from_pretrained(folder)
     assert isinstance(processor, LlavaProcessor)
-    assert type(transformers.AutoProcessor.from_pretrained(folder)).__name__ == "LlavaProcessor"
+    assert type(hf_processor(folder)).__name__ == "LlavaProcessor"
     assert processor.num_image_tokens(28, 28) == 16
 
 
 def test_tokenizer_only_folder_gives_the_tokenizer(tokenizer_dir):
     tokenizer = AutoProcessor.from_pretrained(tokenizer_dir)
     assert isinstance(tokenizer, PreTrainedTokenizerFast)
-    assert tokenizer("hi")["input_ids"] == transformers.AutoProcessor.from_pretrained(tokenizer_dir)("hi")["input_ids"]
+    assert tokenizer("hi")["input_ids"] == hf_processor(tokenizer_dir)("hi")["input_ids"]
 
 
 def test_model_type_dispatch_without_processor_config(tiny_llava_hub_dir, tmp_path):
@@ -42,8 +43,8 @@ def test_image_processor_only_folder(tiny_llava_hub_dir, tmp_path):
 
 
 def test_unsupported_checkpoints_name_what_is_supported(tmp_path):
-    (tmp_path / "processor_config.json").write_text(json.dumps({"processor_class": "LlavaOnevisionProcessor"}))
-    with pytest.raises(ValueError, match="'LlavaOnevisionProcessor'.*supported: \\[.*'LlavaProcessor'.*\\]"):
+    (tmp_path / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2VLProcessor"}))
+    with pytest.raises(ValueError, match="'Qwen2VLProcessor'.*supported: \\[.*'LlavaProcessor'.*\\]"):
         AutoProcessor.from_pretrained(tmp_path)
     (tmp_path / "processor_config.json").unlink()
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "whisper"}))

@@ -16,6 +16,7 @@ import transformers
 
 from llavakit import AutoImageProcessor, CLIPImageProcessor
 from llavakit.processing.image import load_image
+from tests.reference import hf_image_processor
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def processors(tiny_llava_dir):
     """(llavakit, transformers) image processors of the tiny checkpoint (28 px, CLIP mean/std)."""
     transformers.logging.set_verbosity_error()
     return (AutoImageProcessor.from_pretrained(tiny_llava_dir),
-            transformers.AutoImageProcessor.from_pretrained(tiny_llava_dir))
+            hf_image_processor(tiny_llava_dir))
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +162,7 @@ def test_save_and_reload_round_trip(processors, images, tmp_path):
     saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
     assert saved["image_processor_type"] == "CLIPImageProcessor"
     again = CLIPImageProcessor.from_pretrained(tmp_path)
-    ref = transformers.AutoImageProcessor.from_pretrained(tmp_path)
+    ref = hf_image_processor(tmp_path)
     expected = ref(images["horse"], return_tensors="np")["pixel_values"]
     assert np.array_equal(again(images["horse"], return_tensors="np")["pixel_values"], expected)
 
@@ -171,7 +172,7 @@ def test_old_config_forms_and_extra_keys_survive(tmp_path, images):
         "size": 28, "crop_size": 28, "do_center_crop": True, "feature_extractor_type": "CLIPFeatureExtractor",
         "crop_pct": 0.9}))
     ours = AutoImageProcessor.from_pretrained(tmp_path)
-    ref = transformers.CLIPImageProcessor.from_pretrained(tmp_path)
+    ref = transformers.CLIPImageProcessorPil.from_pretrained(tmp_path)
     assert ours.size == {"shortest_edge": 28} and ours.to_dict()["crop_pct"] == 0.9
     assert np.array_equal(ours(images["rocket"], return_tensors="np")["pixel_values"],
                           ref(images["rocket"], return_tensors="np")["pixel_values"])

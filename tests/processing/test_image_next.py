@@ -13,6 +13,7 @@ from transformers.models.llava_next.image_processing_pil_llava_next import Llava
 from llavakit import AutoImageProcessor, LlavaNextImageProcessor
 from llavakit.anyres import DEFAULT_PINPOINTS, select_best_resolution
 from llavakit.processing.image_next import fit_size
+from tests.reference import hf_image_processor
 
 SMALL = dict(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
              image_grid_pinpoints=[[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]])
@@ -189,7 +190,7 @@ def test_save_load_round_trip(small, images, tmp_path):
     config = json.loads((tmp_path / "ours" / "preprocessor_config.json").read_text())
     assert config["image_processor_type"] == "LlavaNextImageProcessor"
     assert config["image_grid_pinpoints"] == SMALL["image_grid_pinpoints"]
-    theirs = transformers.AutoImageProcessor.from_pretrained(tmp_path / "ours")
+    theirs = hf_image_processor(tmp_path / "ours")
     assert isinstance(theirs, LlavaNextImageProcessorPil)
     again = AutoImageProcessor.from_pretrained(tmp_path / "ours")
     assert isinstance(again, LlavaNextImageProcessor) and again.to_dict() == ours.to_dict()

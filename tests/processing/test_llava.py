@@ -13,6 +13,7 @@ import transformers
 from llavakit import LlavaProcessor
 from llavakit.processing.templates import LLAVA
 from tests.assets import IMAGE_TOKENS, LLAVA_15_TEMPLATE
+from tests.reference import hf_processor
 
 
 @pytest.fixture(scope="module", params=["tiny_llava_dir", "tiny_llava_hub_dir"])
@@ -20,7 +21,7 @@ def pair(request):
     """(llavakit, transformers) processors loaded from the same folder."""
     transformers.logging.set_verbosity_error()
     folder = request.getfixturevalue(request.param)
-    return LlavaProcessor.from_pretrained(folder), transformers.AutoProcessor.from_pretrained(folder)
+    return LlavaProcessor.from_pretrained(folder), hf_processor(folder)
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +266,7 @@ def test_save_and_reload(pair, images, tmp_path):
     kwargs = dict(images=[images["rocket"], images["horse"]], text=["<image> one", "two <image>"], padding=True,
                   return_tensors="pt")
     again = LlavaProcessor.from_pretrained(tmp_path)
-    theirs = transformers.AutoProcessor.from_pretrained(tmp_path)
+    theirs = hf_processor(tmp_path)
     assert_same(again(**kwargs), theirs(**kwargs))
     assert_same(again(**kwargs), ours(**kwargs))
     assert again.chat_template == theirs.chat_template == ours.chat_template
@@ -288,7 +289,7 @@ def test_chat_template_precedence(tiny_llava_hub_dir, tmp_path):
     folder = _copy_without_templates(tiny_llava_hub_dir, tmp_path / "both")
     (folder / "chat_template.json").write_text(json.dumps({"chat_template": "JSON {{ messages | length }}"}))
     (folder / "chat_template.jinja").write_text("JINJA {{ messages | length }}")
-    ours, ref = LlavaProcessor.from_pretrained(folder), transformers.AutoProcessor.from_pretrained(folder)
+    ours, ref = LlavaProcessor.from_pretrained(folder), hf_processor(folder)
     assert ours.chat_template == ref.chat_template == "JSON {{ messages | length }}"
     (folder / "chat_template.json").unlink()
     assert LlavaProcessor.from_pretrained(folder).chat_template == "JINJA {{ messages | length }}"

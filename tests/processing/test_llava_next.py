@@ -10,6 +10,7 @@ from transformers.models.llava_next.image_processing_pil_llava_next import Llava
 from llavakit import AutoProcessor, AutoTokenizer, CLIPImageProcessor, LlavaNextImageProcessor, LlavaNextProcessor
 from tests.assets import LLAVA_15_TEMPLATE
 from tests.processing.test_llava import assert_same
+from tests.reference import hf_processor
 
 SMALL = dict(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
              image_grid_pinpoints=[[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]])
@@ -172,7 +173,7 @@ def test_save_and_reload(pair, images, tmp_path):
     assert json.loads((tmp_path / "processor_config.json").read_text())["processor_class"] == "LlavaNextProcessor"
     assert json.loads((tmp_path / "preprocessor_config.json").read_text())["image_processor_type"] == \
         "LlavaNextImageProcessor"
-    theirs = transformers.AutoProcessor.from_pretrained(tmp_path)
+    theirs = hf_processor(tmp_path)
     again = AutoProcessor.from_pretrained(tmp_path)
     assert type(theirs).__name__ == "LlavaNextProcessor" and isinstance(again, LlavaNextProcessor)
     kwargs = dict(images=[images["rocket"], images["7x300"]], text=["<image> one", "two <image>"], padding=True,

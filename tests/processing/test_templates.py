@@ -5,7 +5,9 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 from llavakit import AutoProcessor, AutoTokenizer
 from llavakit.processing import chat_template as chat
+from llavakit.processing.conversations import CONVERSATION_TEMPLATES
 from llavakit.processing.templates import ALIASES, TEMPLATES, VIP_SYSTEM, default_template_name
+from tests import assets
 
 CONVERSATION = [
     {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown in this image?"}]},
@@ -31,6 +33,8 @@ EXPECTED = {
     "qwen": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\n"
             "What is shown in this image?<|im_end|>\n<|im_start|>assistant\nA red stop sign.<|im_end|>\n"
             "<|im_start|>user\nWhy is it red?<|im_end|>\n<|im_start|>assistant\n",
+    "onevision": "<|im_start|>user <image>\nWhat is shown in this image?<|im_end|><|im_start|>assistant \n"
+                 "A red stop sign.<|im_end|><|im_start|>user \nWhy is it red?<|im_end|><|im_start|>assistant\n",
 }
 
 OTHER_CONVERSATIONS = [
@@ -87,13 +91,15 @@ def test_mistral_rejects_unknown_roles():
 def test_aliases_are_the_same_text():
     for alias, name in ALIASES.items():
         assert TEMPLATES[alias] is TEMPLATES[name]
-    assert TEMPLATES["llava_v1"] is TEMPLATES["vicuna"] is TEMPLATES["llava"]
-    assert TEMPLATES["chatml_direct"] is TEMPLATES["chatml"]
+    assert TEMPLATES["vicuna"] is TEMPLATES["llava"]
+    # the original repo's conv mode names print the original prompts (tests/loading/test_original_processing.py)
+    assert TEMPLATES["llava_v1"] is CONVERSATION_TEMPLATES["llava_v1"] is not TEMPLATES["llava"]
+    assert TEMPLATES["chatml_direct"] is CONVERSATION_TEMPLATES["chatml_direct"] is not TEMPLATES["chatml"]
     assert TEMPLATES["llava_llama_3"] is TEMPLATES["llama3"]
     assert TEMPLATES["qwen_1_5"] is TEMPLATES["qwen"]
 
 
-@pytest.mark.parametrize("name", ["mistral", "mistral_instruct", "vip", "llama3"])
+@pytest.mark.parametrize("name", ["mistral", "llava_mistral", "vip", "llama3"])
 def test_selectable_by_name_on_processor_and_tokenizer(tiny_llava_dir, name):
     processor = AutoProcessor.from_pretrained(tiny_llava_dir)
     text = processor.apply_chat_template(CONVERSATION, chat_template=name, add_generation_prompt=True)
@@ -112,6 +118,9 @@ def test_selectable_by_name_on_processor_and_tokenizer(tiny_llava_dir, name):
     ("llava", "lmms-lab/llama3-llava-next-8b", "llama3"),
     ("llava_qwen", "lmms-lab/llava-next-72b", "qwen"),
     ("llava", "lmms-lab/llava-next-interleave-qwen-7b", "interleave"),
+    ("llava_onevision", "llava-hf/llava-onevision-qwen2-7b-ov-hf", "onevision"),
+    ("llava_onevision", None, "onevision"),
+    ("llava_next_video", "llava-hf/LLaVA-NeXT-Video-7B-hf", "llava"),
     ("vipllava", None, "vip"),
     ("llava", "mucai/vip-llava-7b", "vip"),
     (None, None, "llava"),
@@ -119,3 +128,35 @@ def test_selectable_by_name_on_processor_and_tokenizer(tiny_llava_dir, name):
 def test_default_template_name(model_type, name, expected):
     assert default_template_name(model_type, name) == expected
     assert default_template_name(model_type, name) in TEMPLATES
+
+
+VIDEO_CONVERSATIONS = [
+    [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Why is this video funny?"}]}],
+    [{"role": "user", "content": [{"type": "text", "text": "Compare"}, {"type": "video"}, {"type": "image"},
+                                  {"type": "image"}, {"type": "text", "text": "with these."}]},
+     {"role": "assistant", "content": [{"type": "text", "text": "They match."}]},
+     {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "And this one?"}]}],
+]
+
+
+@pytest.mark.parametrize("name, reference", [("onevision", assets.ONEVISION_TEMPLATE),
+                                             ("llava", assets.NEXT_VIDEO_TEMPLATE)])
+@pytest.mark.parametrize("add_generation_prompt", [False, True])
+def test_video_templates_render_like_the_checkpoints(name, reference, add_generation_prompt):
+    """The built-in templates give the llava-hf OneVision / LLaVA-NeXT-Video text, generation spans included."""
+    conversations = VIDEO_CONVERSATIONS + [[CONVERSATION[0]]]
+    ours = chat.render(TEMPLATES[name], conversations, add_generation_prompt=add_generation_prompt,
+                       track_generation=True)
+    expected = render_jinja_template(conversations=conversations, chat_template=reference,
+                                     add_generation_prompt=add_generation_prompt, return_assistant_tokens_mask=True)
+    assert ours == expected
+
+
+def test_video_placeholders():
+    first = VIDEO_CONVERSATIONS[0]
+    assert chat.render(TEMPLATES["onevision"], [first], add_generation_prompt=True)[0][0] == \
+        "<|im_start|>user <video>\nWhy is this video funny?<|im_end|><|im_start|>assistant\n"
+    assert chat.render(TEMPLATES["llava"], [first], add_generation_prompt=True)[0][0] == \
+        "USER: <video>\nWhy is this video funny? ASSISTANT:"
+    assert chat.render(TEMPLATES["onevision"], [[{"role": "system", "content": "Be brief."}]])[0][0] == \
+        "<|im_start|>system \nBe brief.<|im_end|>"

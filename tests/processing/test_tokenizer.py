@@ -283,7 +283,7 @@ def test_save_and_reload(pair, tmp_path):
 
 
 def test_missing_tokenizer_json(tmp_path):
-    with pytest.raises(FileNotFoundError, match="tokenizer.json not found"):
+    with pytest.raises(FileNotFoundError, match="neither tokenizer.json nor tokenizer.model"):
         AutoTokenizer.from_pretrained(tmp_path)
 
 
