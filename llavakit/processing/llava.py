@@ -30,6 +30,11 @@ _TOKENIZER_KWARGS = ("return_attention_mask", "return_token_type_ids", "return_s
                      "split_special_tokens")
 
 
+# what LlavaProcessor.__init__ takes besides its image processor and tokenizer (processor_config.json's keys)
+PROCESSOR_INIT_KWARGS = ("patch_size", "vision_feature_select_strategy", "image_token", "num_additional_image_tokens",
+                         "chat_template")
+
+
 class LlavaProcessor:
     """Wraps a CLIPImageProcessor and a tokenizer; expands `<image>` placeholders to the model's feature count."""
 
@@ -268,25 +273,35 @@ class LlavaProcessor:
                         **kwargs: Any) -> "LlavaProcessor":
         """Load from a folder or Hub repo in either layout (transformers 5, or the older llava-hf files).
 
-        kwargs override processor_config.json values (patch_size, vision_feature_select_strategy, ...).
+        As in transformers: `image_processor=` / `tokenizer=` instances replace the saved ones; keyword
+        arguments the processor takes (patch_size, vision_feature_select_strategy, ...) override
+        processor_config.json, any other (size=, do_normalize=, ...) the image processor's configuration.
+        `backend=` ("pil" or "torchvision") is accepted: llavakit computes what transformers' PIL backend does.
         """
         hub = dict(revision=revision, local_files_only=local_files_only, cache_dir=cache_dir, token=token,
                    subfolder=subfolder, force_download=force_download)
         drop_transformers_only_kwargs(kwargs)
+        image_processor, tokenizer = kwargs.pop("image_processor", None), kwargs.pop("tokenizer", None)
+        kwargs.pop("backend", None)
         processor_dict = read_processor_dict(path_or_repo_id, hub)
-        image_config = load_image_processor_dict(path_or_repo_id, **hub)
-        from llavakit.processing.auto import IMAGE_PROCESSOR_CLASSES  # here: auto imports this module
-        named = IMAGE_PROCESSOR_CLASSES.get(image_config.get("image_processor_type"))  # e.g. SiglipImageProcessor
-        image_class = named if named and issubclass(named, cls.image_processor_class) else cls.image_processor_class
-        image_processor = image_class.from_dict(image_config)
-        tokenizer = AutoTokenizer.from_pretrained(path_or_repo_id, **hub)
+        image_overrides = {k: kwargs.pop(k) for k in list(kwargs) if k not in PROCESSOR_INIT_KWARGS}
+        if image_processor is None:
+            image_config = load_image_processor_dict(path_or_repo_id, **hub)
+            from llavakit.processing.auto import IMAGE_PROCESSOR_CLASSES  # here: auto imports this module
+            named = IMAGE_PROCESSOR_CLASSES.get(image_config.get("image_processor_type"))  # e.g. SiglipImageProcessor
+            image_class = named if named and issubclass(named, cls.image_processor_class) else cls.image_processor_class
+            image_processor = image_class.from_dict(image_config, **image_overrides)
+        elif image_overrides:
+            raise TypeError(f"{cls.__name__}.from_pretrained got image processor options {sorted(image_overrides)} "
+                            f"together with an image_processor instance: set them on the instance")
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(path_or_repo_id, **hub)
         template = processor_dict.get("chat_template")
         if template is None:
             template = load_processor_chat_template(path_or_repo_id, hub)
         if template is None:
             template = tokenizer.chat_template  # e.g. only tokenizer_config.json carries one
-        init = {k: processor_dict[k] for k in ("patch_size", "vision_feature_select_strategy", "image_token",
-                                               "num_additional_image_tokens") if k in processor_dict}
+        init = {k: processor_dict[k] for k in PROCESSOR_INIT_KWARGS if k in processor_dict and k != "chat_template"}
         init.update(kwargs)
         init.setdefault("chat_template", template)
         processor = cls(image_processor, tokenizer, **init)
