@@ -101,7 +101,8 @@ class _LlavaOnevisionMixin(_VideoLlavaMixin):
         if pixel_values is not None and not (isinstance(pixel_values, torch.Tensor) and pixel_values.shape[0] == 0):
             images = self.get_image_features(pixel_values, image_sizes, vision_feature_layer,
                                              vision_feature_select_strategy, vision_aspect_ratio, batch_num_images)
-        if pixel_values_videos is not None:
+        if pixel_values_videos is not None and not (isinstance(pixel_values_videos, torch.Tensor)
+                                                    and pixel_values_videos.shape[0] == 0):  # an empty video batch
             videos = self.get_video_features(pixel_values_videos, vision_feature_layer,
                                              vision_feature_select_strategy)
         return images, videos

@@ -53,6 +53,9 @@ def check_videos(pixel_values_videos: torch.Tensor) -> tuple[int, int]:
         shape = tuple(pixel_values_videos.shape) if isinstance(pixel_values_videos, torch.Tensor) else \
             type(pixel_values_videos).__name__
         raise ValueError(f"pixel_values_videos must be (num_videos, frames, 3, H, W), got {shape}")
+    if pixel_values_videos.shape[1] == 0:
+        raise ValueError(f"pixel_values_videos has videos of 0 frames (shape {tuple(pixel_values_videos.shape)}); "
+                         f"each video needs at least one frame")
     return pixel_values_videos.shape[0], pixel_values_videos.shape[1]
 
 
