@@ -40,3 +40,36 @@ def output_cache(out: Any) -> Any:
     if is_transformers(out) and not CACHE_RENAMED:
         return out.past_key_values
     return out.cache
+
+
+def image_features(out: Any) -> torch.Tensor | None:
+    """The projected image features of a forward output, in the layout transformers 5.23 returned them as
+    `image_hidden_states`: (total_image_tokens, H) for LLaVA / NeXT, (num_images, P, H) for ViP.
+
+    From 5.24 (and in llavakit) they are `out.image_outputs.pooler_output`: a list of one (tokens_i, H) per
+    image (LLaVA / NeXT) or the (num_images, P, H) tensor (ViP).
+    """
+    if is_transformers(out) and not IMAGE_OUTPUTS:
+        return out.image_hidden_states
+    if out.image_outputs is None:
+        return None
+    features = out.image_outputs.pooler_output
+    return torch.cat(list(features)) if isinstance(features, (list, tuple)) else features
+
+
+# output keys transformers 5.23 used, by their 5.24+ (and llavakit) names
+_NEW_KEYS = {"past_key_values": "cache", "image_hidden_states": "image_outputs"}
+
+
+def newest_keys(out: Any) -> list[str]:
+    """An output's keys under the newest names, so llavakit's keys compare to any release's."""
+    return [_NEW_KEYS.get(k, k) for k in out.keys()]
+
+
+def tuple_image_features(item: Any) -> torch.Tensor:
+    """The image features in a `return_dict=False` tuple's last item: `image_outputs.to_tuple()` from 5.24
+    (pooler_output its second element), the features tensor before; as `image_features` lays them out."""
+    if not isinstance(item, tuple):
+        return item
+    features = item[1]
+    return torch.cat(list(features)) if isinstance(features, (list, tuple)) else features

@@ -72,7 +72,7 @@ labels = batch["input_ids"].clone()
 labels[batch["attention_mask"] == 0] = -100
 labels[labels == model.config.image_token_index] = -100
 outputs = model(**batch, labels=labels)
-result = [round(outputs.loss.item(), 5), tuple(outputs.logits.shape), tuple(outputs.image_hidden_states.shape)]
+result = [round(outputs.loss.item(), 5), tuple(outputs.logits.shape)]
 """
 
 NEXT_BATCHED_MULTI_IMAGE = """

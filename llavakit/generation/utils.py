@@ -24,7 +24,7 @@ from llavakit.generation.prefix_cache import PrefixCache, content_key
 from llavakit.generation.stopping import (EosTokenCriteria, MaxLengthCriteria, StoppingCriteriaList,
                                           StopStringCriteria)
 from llavakit.models.cache import DynamicCache, StaticCache
-from llavakit.models.outputs import ModelOutput
+from llavakit.models.outputs import ModelOutput, merged_features
 
 logger = logging.getLogger(__name__)
 
@@ -342,7 +342,7 @@ class GenerationMixin:
     @staticmethod
     def _remember_features(reuse: _Reuse | None, inputs: dict[str, Any], outputs: Any) -> None:
         """After a prefill that encoded the images, keep their features (total_image_tokens, H) by content key."""
-        features = getattr(outputs, "image_hidden_states", None)
+        features = merged_features(getattr(outputs, "image_outputs", None))
         if reuse is None or reuse.images is None or inputs.get("pixel_values") is None or features is None:
             return
         reuse.store.features.put(reuse.images, features.reshape(-1, features.shape[-1]))

@@ -5,6 +5,8 @@ Module names equal the checkpoint's (`vision_model.embeddings.patch_embedding.we
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -148,41 +150,47 @@ class CLIPVisionModel(PreTrainedModel):
                 output_attentions: bool | None = None, return_dict: bool | None = None,
                 interpolate_pos_encoding: bool = False) -> BaseModelOutputWithPooling | tuple:
         """Encode (B, 3, S, S) images. hidden_states[0] is the pre-LN'd embeddings, [k] layer k's output."""
+        keep = range(self.config.num_hidden_layers + 1) if output_hidden_states else ()
+        out = self._encode(pixel_values, keep, output_attentions, interpolate_pos_encoding)
+        if not output_hidden_states:
+            out.hidden_states = None
+        return out if return_dict is not False else out.to_tuple()
+
+    def encode_layers(self, pixel_values: torch.Tensor, layers: list[int], output_hidden_states: bool | None = None,
+                      output_attentions: bool | None = None) -> BaseModelOutputWithPooling:
+        """The tower's output for LLaVA's feature selection: hidden_states keeps only `layers` (None elsewhere,
+        as transformers' selective capture does) unless output_hidden_states asks for all of them."""
+        n_states = self.config.num_hidden_layers + 1
+        keep = range(n_states) if output_hidden_states else layer_indices(layers, n_states)
+        return self._encode(pixel_values, keep, output_attentions)
+
+    def _encode(self, pixel_values: torch.Tensor, keep: Collection[int], output_attentions: bool | None,
+                interpolate_pos_encoding: bool = False) -> BaseModelOutputWithPooling:
+        """Run every layer, holding on to hidden state i only for i in `keep`."""
         vm = self.vision_model
         eager = attn_implementation(self.config) == "eager" or bool(output_attentions)
         x = vm.pre_layrnorm(vm.embeddings(_check_pixels(pixel_values, self.config),
                                           interpolate_pos_encoding))  # (B, N + 1, C)
-        hidden, attentions = [x], []
-        for layer in vm.encoder.layers:
+        hidden, attentions = [x if 0 in keep else None], []
+        for k, layer in enumerate(vm.encoder.layers, start=1):
             x, probs = layer(x, eager)
-            hidden.append(x)
+            hidden.append(x if k in keep else None)
             attentions.append(probs)
-        out = BaseModelOutputWithPooling(
+        return BaseModelOutputWithPooling(
             last_hidden_state=x,
             pooler_output=vm.post_layernorm(x[:, 0, :]),  # (B, C)
-            hidden_states=tuple(hidden) if output_hidden_states else None,
+            hidden_states=tuple(hidden),
             attentions=tuple(attentions) if output_attentions else None,
         )
-        return out if return_dict is not False else out.to_tuple()
 
-    def select_hidden_states(self, pixel_values: torch.Tensor, layers: list[int]) -> list[torch.Tensor]:
-        """hidden_states[i] for each i in `layers` (negative i count from the end of num_layers + 1 states),
-        running the encoder only as deep as the deepest requested layer. Each is (B, N + 1, C)."""
-        n_states = self.config.num_hidden_layers + 1
-        for i in layers:
-            if not -n_states <= i < n_states:
-                raise ValueError(f"vision feature layer {i} is out of range for a tower with "
-                                 f"{self.config.num_hidden_layers} layers (valid: {-n_states}..{n_states - 1})")
-        wanted = [i % n_states for i in layers]
-        vm = self.vision_model
-        eager = attn_implementation(self.config) == "eager"
-        x = vm.pre_layrnorm(vm.embeddings(_check_pixels(pixel_values, self.config)))
-        states = {0: x}
-        for k, layer in enumerate(vm.encoder.layers[: max(wanted)], start=1):
-            x, _ = layer(x, eager)
-            if k in wanted:
-                states[k] = x
-        return [states[i] for i in wanted]
+
+def layer_indices(layers: list[int], n_states: int) -> set[int]:
+    """Hidden-state indices of `layers` (negative ones count from the end of n_states), checked."""
+    bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, int) or not -n_states <= i < n_states]
+    if bad:
+        raise ValueError(f"vision feature layer {bad[0]!r} is out of range for a tower with {n_states - 1} layers "
+                         f"(valid: {-n_states}..{n_states - 1})")
+    return {i % n_states for i in layers}
 
 
 def _check_pixels(pixel_values: torch.Tensor, config: CLIPVisionConfig) -> torch.Tensor:

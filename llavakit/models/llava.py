@@ -22,7 +22,7 @@ from llavakit.models.clip import CLIPVisionModel
 from llavakit.models.layers import activation, init_weights
 from llavakit.models.llama import (LlamaForCausalLM, LlamaModel, MistralForCausalLM, MistralModel,
                                    check_token_ids)
-from llavakit.models.outputs import LlavaCausalLMOutputWithPast, LlavaModelOutputWithPast
+from llavakit.models.outputs import BaseModelOutputWithPooling, LlavaCausalLMOutputWithPast, LlavaModelOutputWithPast
 from llavakit.models.qwen2 import Qwen2ForCausalLM, Qwen2Model
 from llavakit.models.siglip import SiglipVisionModel
 
@@ -53,12 +53,25 @@ class _LlavaImageMixin:
     multi_modal_projector: LlavaMultiModalProjector
 
     def get_image_features(self, pixel_values: torch.Tensor, vision_feature_layer: int | list[int] | None = None,
-                           vision_feature_select_strategy: str | None = None) -> torch.Tensor:
-        """Projected features (num_images, tokens_per_image, H_text) of a (num_images, 3, S, S) batch.
+                           vision_feature_select_strategy: str | None = None, output_hidden_states: bool | None = None,
+                           output_attentions: bool | None = None,
+                           return_dict: bool | None = None) -> BaseModelOutputWithPooling | tuple:
+        """The vision tower's output for a (num_images, 3, S, S) batch, with `pooler_output` = the projected
+        features, a list of (tokens_per_image, H_text) per image (as transformers 5 returns them).
 
         Uses the vision tower's hidden_states[layer] ("default" drops the CLS token); a list of layers
-        is concatenated on the feature dim in list order. Defaults come from the config.
+        is concatenated on the feature dim in list order. Defaults come from the config. `hidden_states`
+        holds the selected layers only (None elsewhere) unless output_hidden_states=True.
         """
+        out = self._image_outputs(pixel_values, vision_feature_layer, vision_feature_select_strategy,
+                                  output_hidden_states, output_attentions)
+        out.pooler_output = list(out.pooler_output)  # (N, P, Ht) -> N x (P, Ht)
+        return out if return_dict is not False else out.to_tuple()
+
+    def _image_outputs(self, pixel_values: torch.Tensor, vision_feature_layer: int | list[int] | None,
+                       vision_feature_select_strategy: str | None, output_hidden_states: bool | None = None,
+                       output_attentions: bool | None = None) -> BaseModelOutputWithPooling:
+        """The vision tower's output with `pooler_output` = the projected features (N, P, Ht) as one tensor."""
         layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
         if strategy not in SELECT_STRATEGIES:
@@ -69,25 +82,34 @@ class _LlavaImageMixin:
             raise ValueError(f"vision_feature_layer {layer!r} selects {len(layers)} layer(s), but the projector was "
                              f"built for {expected} (config.vision_feature_layer="
                              f"{self.config.vision_feature_layer})")
-        states = self.vision_tower.select_hidden_states(pixel_values, layers)  # each (N, 1 + P, Hv)
+        out = self.vision_tower.encode_layers(pixel_values, layers, output_hidden_states, output_attentions)
+        states = [out.hidden_states[i] for i in layers]  # each (N, 1 + P, Hv)
         if strategy == "default":
             states = [s[:, 1:] for s in states]  # drop CLS
         # one layer: no cat, so the projector sees the same (strided) tensor as in transformers (bit-equal in bf16)
         features = states[0] if len(states) == 1 else torch.cat(states, dim=-1)  # (N, P, Hv * len(layers))
-        return self.multi_modal_projector(features)  # (N, P, Ht)
+        out.pooler_output = self.multi_modal_projector(features)  # (N, P, Ht)
+        return out
 
     def _features_for_merge(self, pixel_values: torch.Tensor, vision_feature_layer: int | list[int] | None,
-                            vision_feature_select_strategy: str | None) -> torch.Tensor:
-        """The features `_merge_image_features` writes in; variants with other feature options override this."""
-        return self.get_image_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+                            vision_feature_select_strategy: str | None, output_hidden_states: bool | None,
+                            output_attentions: bool | None) -> tuple[torch.Tensor, BaseModelOutputWithPooling]:
+        """The features `_merge_image_features` writes in, (N, P, Ht), and the `image_outputs` to return;
+        variants with other feature options override this."""
+        out = self._image_outputs(pixel_values, vision_feature_layer, vision_feature_select_strategy,
+                                  output_hidden_states, output_attentions)
+        features = out.pooler_output
+        out.pooler_output = list(features)  # one (P, Ht) per image, as transformers gives them
+        return features, out
 
     def _merge_image_features(self, input_ids: torch.Tensor | None, pixel_values: torch.Tensor | None,
                               inputs_embeds: torch.Tensor | None, vision_feature_layer: int | list[int] | None,
-                              vision_feature_select_strategy: str | None,
-                              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                              vision_feature_select_strategy: str | None, output_hidden_states: bool | None = None,
+                              output_attentions: bool | None = None,
+                              ) -> tuple[torch.Tensor, BaseModelOutputWithPooling | None]:
         """Embed the tokens and write image features over the `<image>` positions, in (batch, seq) order.
 
-        Returns the embeddings (B, T, Ht) and the features used (total_image_tokens, Ht) or None.
+        Returns the embeddings (B, T, Ht) and the vision tower's output (`image_outputs`), or None without images.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
@@ -98,7 +120,9 @@ class _LlavaImageMixin:
             return inputs_embeds, None
 
         image_token = self.config.image_token_index
-        features = self._features_for_merge(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+        features, image_outputs = self._features_for_merge(pixel_values, vision_feature_layer,
+                                                           vision_feature_select_strategy, output_hidden_states,
+                                                           output_attentions)
         n_images, per_image = features.shape[:2]
         features = features.reshape(-1, features.shape[-1]).to(inputs_embeds.device, inputs_embeds.dtype)
         if input_ids is not None:
@@ -116,7 +140,7 @@ class _LlavaImageMixin:
                 f"cut any."
             )
         merged = inputs_embeds.masked_scatter(is_image[..., None].to(inputs_embeds.device), features)
-        return merged, features
+        return merged, image_outputs
 
 
 def _vision_class(config: LlavaConfig) -> type[CLIPVisionModel] | type[SiglipVisionModel]:
@@ -170,14 +194,15 @@ class LlavaModel(_LlavaImageMixin, PreTrainedModel):
                 image_sizes: torch.Tensor | None = None) -> LlavaModelOutputWithPast | tuple:
         """Merge image features into the embeddings and run the decoder. `cache_position` and
         `image_sizes` are accepted for compatibility and ignored."""
-        embeds, features = self._merge_image_features(input_ids, pixel_values, inputs_embeds, vision_feature_layer,
-                                                       vision_feature_select_strategy)
+        embeds, image_outputs = self._merge_image_features(input_ids, pixel_values, inputs_embeds,
+                                                            vision_feature_layer, vision_feature_select_strategy,
+                                                            output_hidden_states, output_attentions)
         out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                   cache=cache, use_cache=use_cache,
                                   output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         result = LlavaModelOutputWithPast(last_hidden_state=out.last_hidden_state,
                                           cache=out.cache, hidden_states=out.hidden_states,
-                                          attentions=out.attentions, image_hidden_states=features)
+                                          attentions=out.attentions, image_outputs=image_outputs)
         return result if return_dict is not False else result.to_tuple()
 
 
@@ -226,8 +251,9 @@ class LlavaForConditionalGeneration(_LlavaImageMixin, PreTrainedModel, Generatio
         """Logits for the kept positions, the LM loss when `labels` are given (mask `<image>` and pad
         positions in the labels with -100 yourself, as in transformers). `cache_position` and
         `image_sizes` are accepted for compatibility and ignored."""
-        embeds, features = self._merge_image_features(input_ids, pixel_values, inputs_embeds, vision_feature_layer,
-                                                       vision_feature_select_strategy)
+        embeds, image_outputs = self._merge_image_features(input_ids, pixel_values, inputs_embeds,
+                                                            vision_feature_layer, vision_feature_select_strategy,
+                                                            output_hidden_states, output_attentions)
         out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                   cache=cache, labels=labels, use_cache=use_cache,
                                   output_attentions=output_attentions, output_hidden_states=output_hidden_states,
@@ -235,5 +261,5 @@ class LlavaForConditionalGeneration(_LlavaImageMixin, PreTrainedModel, Generatio
                                   num_items_in_batch=num_items_in_batch)
         result = LlavaCausalLMOutputWithPast(loss=out.loss, logits=out.logits, cache=out.cache,
                                              hidden_states=out.hidden_states, attentions=out.attentions,
-                                             image_hidden_states=features)
+                                             image_outputs=image_outputs)
         return result if return_dict is not False else result.to_tuple()

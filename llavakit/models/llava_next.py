@@ -19,7 +19,7 @@ from llavakit.config.llava_next import LlavaNextConfig
 from llavakit.deprecation import accepts_renamed_kwargs
 from llavakit.models.cache import DynamicCache
 from llavakit.models.llava import LlavaForConditionalGeneration, LlavaModel
-from llavakit.models.outputs import LlavaCausalLMOutputWithPast, LlavaModelOutputWithPast
+from llavakit.models.outputs import BaseModelOutputWithPooling, LlavaCausalLMOutputWithPast, LlavaModelOutputWithPast
 
 
 def unpad_image(features: torch.Tensor, original_size: tuple[int, int] | torch.Tensor) -> torch.Tensor:
@@ -45,6 +45,7 @@ class _PackedImages(NamedTuple):
     to `_features_for_merge` untouched, so NeXT reuses the merge without LLaVA knowing about image_sizes."""
 
     features: torch.Tensor  # (total_image_tokens, Ht)
+    outputs: BaseModelOutputWithPooling  # the vision tower's output over all crops; pooler_output per image
 
 
 class _LlavaNextImageMixin:
@@ -59,8 +60,11 @@ class _LlavaNextImageMixin:
 
     def get_image_features(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | list,
                            vision_feature_layer: int | list[int] | None = None,
-                           vision_feature_select_strategy: str | None = None) -> list[torch.Tensor]:
-        """Packed features of each image, a list of (tokens_i, H_text), tokens_i depending on its size.
+                           vision_feature_select_strategy: str | None = None, output_hidden_states: bool | None = None,
+                           output_attentions: bool | None = None,
+                           return_dict: bool | None = None) -> BaseModelOutputWithPooling | tuple:
+        """The vision tower's output over all crops, with `pooler_output` = the packed features of each image,
+        a list of (tokens_i, H_text), tokens_i depending on its size.
 
         pixel_values: (num_images, max_crops, 3, S, S) as the processor pads them (padding crops are
         skipped), or the real crops already concatenated, (total_crops, 3, S, S). image_sizes: (num_images, 2)
@@ -70,9 +74,11 @@ class _LlavaNextImageMixin:
         crop = self.config.vision_config.image_size
         counts = [image_size_to_num_patches(size, self.config.image_grid_pinpoints, crop) for size in sizes]
         pixel_values = self._select_crops(pixel_values, sizes, counts)  # (sum(counts), 3, S, S)
-        features = super().get_image_features(pixel_values, vision_feature_layer,
-                                              vision_feature_select_strategy)  # (sum(counts), P, Ht)
-        return [self._pack(f, size) for f, size in zip(features.split(counts), sizes)]
+        out = self._image_outputs(pixel_values, vision_feature_layer, vision_feature_select_strategy,
+                                  output_hidden_states, output_attentions)
+        features = out.pooler_output  # (sum(counts), P, Ht)
+        out.pooler_output = [self._pack(f, size) for f, size in zip(features.split(counts), sizes)]
+        return out if return_dict is not False else out.to_tuple()
 
     def _select_crops(self, pixel_values: torch.Tensor, sizes: list[tuple], counts: list[int]) -> torch.Tensor:
         """The `counts[i]` real crops of each image, concatenated: (sum(counts), 3, S, S)."""
@@ -132,20 +138,24 @@ class _LlavaNextImageMixin:
         return torch.cat([features[0], grid.flatten(1).t()])  # (P + h * (w + 1), Ht)
 
     def _features_for_merge(self, pixel_values: _PackedImages, vision_feature_layer: int | list[int] | None,
-                            vision_feature_select_strategy: str | None) -> torch.Tensor:
-        return pixel_values.features[None]  # (1, total_image_tokens, Ht): computed (and checked) in `_pack_inputs`
+                            vision_feature_select_strategy: str | None, output_hidden_states: bool | None,
+                            output_attentions: bool | None) -> tuple[torch.Tensor, BaseModelOutputWithPooling]:
+        # (1, total_image_tokens, Ht): computed (and checked) in `_pack_inputs`
+        return pixel_values.features[None], pixel_values.outputs
 
     def _pack_inputs(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None,
                      pixel_values: torch.Tensor | None, image_sizes: torch.Tensor | list | None,
                      vision_feature_layer: int | list[int] | None,
-                     vision_feature_select_strategy: str | None) -> _PackedImages | None:
+                     vision_feature_select_strategy: str | None, output_hidden_states: bool | None,
+                     output_attentions: bool | None) -> _PackedImages | None:
         """All images' packed features, checked against the number of `<image>` tokens, or None without images."""
         if pixel_values is None or (input_ids is None) == (inputs_embeds is None):
             return None  # (LLaVA's merge reports a missing or doubled text input)
         if isinstance(pixel_values, torch.Tensor) and pixel_values.shape[0] == 0:
             return None  # an empty image batch, as transformers allows
-        per_image = self.get_image_features(pixel_values, image_sizes, vision_feature_layer,
-                                            vision_feature_select_strategy)
+        outputs = self.get_image_features(pixel_values, image_sizes, vision_feature_layer,
+                                          vision_feature_select_strategy, output_hidden_states, output_attentions)
+        per_image = outputs.pooler_output
         lengths = [f.shape[0] for f in per_image]
         image_token = self.config.image_token_index
         if input_ids is not None:
@@ -160,7 +170,7 @@ class _LlavaNextImageMixin:
                 f"the text needs that many <image> tokens (id {image_token}): check that the number of <image> "
                 f"placeholders equals the number of images, that the processor expanded them with the model's "
                 f"image_grid_pinpoints {self.config.image_grid_pinpoints}, and that truncation did not cut any.")
-        return _PackedImages(torch.cat(per_image))
+        return _PackedImages(torch.cat(per_image), outputs)
 
 
 class LlavaNextModel(_LlavaNextImageMixin, LlavaModel):
@@ -183,7 +193,7 @@ class LlavaNextModel(_LlavaNextImageMixin, LlavaModel):
                 ) -> LlavaModelOutputWithPast | tuple:
         """As LlavaModel.forward, with each image's (height, width) in `image_sizes` (num_images, 2)."""
         packed = self._pack_inputs(input_ids, inputs_embeds, pixel_values, image_sizes, vision_feature_layer,
-                                   vision_feature_select_strategy)
+                                   vision_feature_select_strategy, output_hidden_states, output_attentions)
         return super().forward(
             input_ids=input_ids, pixel_values=packed, attention_mask=attention_mask, position_ids=position_ids,
             cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
@@ -220,9 +230,9 @@ class LlavaNextForConditionalGeneration(_LlavaNextImageMixin, LlavaForConditiona
                 cache_position: torch.Tensor | None = None, num_items_in_batch: int | torch.Tensor | None = None,
                 ) -> LlavaCausalLMOutputWithPast | tuple:
         """As LlavaForConditionalGeneration.forward, with each image's (height, width) in `image_sizes`
-        (num_images, 2). `image_hidden_states` are all images' packed features, (total_image_tokens, Ht)."""
+        (num_images, 2). `image_outputs.pooler_output` holds each image's packed features, (tokens_i, Ht)."""
         packed = self._pack_inputs(input_ids, inputs_embeds, pixel_values, image_sizes, vision_feature_layer,
-                                   vision_feature_select_strategy)
+                                   vision_feature_select_strategy, output_hidden_states, output_attentions)
         return super().forward(
             input_ids=input_ids, pixel_values=packed, attention_mask=attention_mask, position_ids=position_ids,
             cache=cache, inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Any, Iterator
 
 import torch
 
-from llavakit.deprecation import RENAMED, rename_kwargs, warn_renamed
+from llavakit.deprecation import IMAGE_HIDDEN_STATES_MESSAGE, RENAMED, rename_kwargs, warn_renamed
 from llavakit.models.cache import DynamicCache
 
 
@@ -115,7 +116,11 @@ class BaseModelOutput(ModelOutput):
 
 @model_output
 class BaseModelOutputWithPooling(ModelOutput):
-    """CLIPVisionModel: `pooler_output` is post_layernorm applied to the CLS token of the last layer."""
+    """A vision tower's output. CLIPVisionModel: `pooler_output` is post_layernorm of the last layer's CLS token.
+
+    As `image_outputs` of a LLaVA model (and from `get_image_features`), `pooler_output` holds the projected
+    features instead: a list of (tokens_i, H_text), one per image (a (num_images, P, H_text) tensor for ViP).
+    """
 
     last_hidden_state: torch.Tensor | None = None
     pooler_output: torch.Tensor | None = None
@@ -142,15 +147,71 @@ class CausalLMOutputWithPast(ModelOutput):
     attentions: Tensors | None = None
 
 
+class MultimodalModelOutput(ModelOutput):
+    """Base of outputs that carry encoder outputs (`image_outputs`, `video_outputs`, `audio_outputs`).
+
+    Each encoder output is a BaseModelOutputWithPooling whose `pooler_output` holds the projected features
+    the decoder received; in `to_tuple()` (and `return_dict=False`) it appears as its own tuple.
+    """
+
+    ENCODER_FIELDS = ("image_outputs", "video_outputs", "audio_outputs")
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(value.to_tuple() if key in self.ENCODER_FIELDS else value for key, value in self.items())
+
+
 @model_output
-class LlavaModelOutputWithPast(BaseModelOutputWithPast):
-    """`image_hidden_states`: the projected image features of all images, (total_image_tokens, H_text)."""
+class MultimodalBaseModelOutputWithPast(MultimodalModelOutput):
+    """A multimodal model without its head: the decoder's output plus what each encoder produced."""
 
-    image_hidden_states: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    cache: DynamicCache | None = None
+    hidden_states: Tensors | None = None
+    attentions: Tensors | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
+    video_outputs: BaseModelOutputWithPooling | None = None
+    audio_outputs: BaseModelOutputWithPooling | None = None
 
 
 @model_output
-class LlavaCausalLMOutputWithPast(CausalLMOutputWithPast):
-    """`image_hidden_states`: the projected image features of all images, (total_image_tokens, H_text)."""
+class MultimodalCausalLMOutputWithPast(MultimodalModelOutput):
+    """A multimodal causal LM: loss, logits, cache and decoder states, plus what each encoder produced."""
 
-    image_hidden_states: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    cache: DynamicCache | None = None
+    hidden_states: Tensors | None = None
+    attentions: Tensors | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
+    video_outputs: BaseModelOutputWithPooling | None = None
+    audio_outputs: BaseModelOutputWithPooling | None = None
+
+
+def _deprecated_image_hidden_states(self: MultimodalModelOutput) -> torch.Tensor | list[torch.Tensor] | None:
+    """transformers 5.24-5.29: `image_outputs.pooler_output` under its old name, with a FutureWarning."""
+    warnings.warn(IMAGE_HIDDEN_STATES_MESSAGE, FutureWarning, stacklevel=2)
+    return None if self.image_outputs is None else self.image_outputs.pooler_output
+
+
+@model_output
+class LlavaModelOutputWithPast(MultimodalBaseModelOutputWithPast):
+    """`image_outputs`: the vision tower's output with `pooler_output` = the projected features per image."""
+
+    image_hidden_states = property(_deprecated_image_hidden_states)
+
+
+@model_output
+class LlavaCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
+    """`image_outputs`: the vision tower's output with `pooler_output` = the projected features per image."""
+
+    image_hidden_states = property(_deprecated_image_hidden_states)
+
+
+def merged_features(encoder_outputs: BaseModelOutputWithPooling | None) -> torch.Tensor | None:
+    """An encoder's projected features as the decoder received them, (total_tokens, H), or None."""
+    if encoder_outputs is None or encoder_outputs.pooler_output is None:
+        return None
+    features = encoder_outputs.pooler_output
+    if isinstance(features, (list, tuple)):
+        return torch.cat(list(features))  # one (tokens_i, H) per image
+    return features.reshape(-1, features.shape[-1])  # (N, P, H) -> (N * P, H)

@@ -6,13 +6,15 @@ equal the checkpoint's (`vision_model.embeddings.patch_embedding.weight`, `visio
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from llavakit.config.siglip import SiglipVisionConfig
 from llavakit.models.base import PreTrainedModel
-from llavakit.models.clip import CLIPEncoder, CLIPMLP, _check_pixels
+from llavakit.models.clip import CLIPEncoder, CLIPMLP, _check_pixels, layer_indices
 from llavakit.models.layers import attn_implementation, init_weights
 from llavakit.models.outputs import BaseModelOutputWithPooling
 
@@ -98,43 +100,40 @@ class SiglipVisionModel(PreTrainedModel):
     def patch_size(self) -> int:
         return self.config.patch_size
 
-    def _encode(self, pixel_values: torch.Tensor, n_layers: int, eager: bool,
-                interpolate_pos_encoding: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-        """hidden states [embeddings, layer 1 .. layer n_layers] and the layers' attention probabilities."""
-        vm = self.vision_model
-        x = vm.embeddings(_check_pixels(pixel_values, self.config), interpolate_pos_encoding)  # (B, N, C)
-        states, attentions = [x], []
-        for layer in vm.encoder.layers[:n_layers]:
-            x, probs = layer(x, eager)
-            states.append(x)
-            attentions.append(probs)
-        return states, attentions
-
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
                 output_attentions: bool | None = None, return_dict: bool | None = None,
-                interpolate_pos_encoding: bool = False) -> BaseModelOutputWithPooling:
+                interpolate_pos_encoding: bool = False) -> BaseModelOutputWithPooling | tuple:
         """Encode (B, 3, S, S) images. last_hidden_state is post-LN'd; hidden_states[-1] is not.
         pooler_output is the head's pooled vector (None without a head)."""
-        vm = self.vision_model
-        eager = attn_implementation(self.config) == "eager" or bool(output_attentions)
-        states, attentions = self._encode(pixel_values, len(vm.encoder.layers), eager, interpolate_pos_encoding)
-        last = vm.post_layernorm(states[-1])  # (B, N, C)
-        out = BaseModelOutputWithPooling(
-            last_hidden_state=last,
-            pooler_output=vm.head(last) if self.config.vision_use_head else None,  # (B, C)
-            hidden_states=tuple(states) if output_hidden_states else None,
-            attentions=tuple(attentions) if output_attentions else None,
-        )
+        keep = range(self.config.num_hidden_layers + 1) if output_hidden_states else ()
+        out = self._encode(pixel_values, keep, output_attentions, interpolate_pos_encoding)
+        if not output_hidden_states:
+            out.hidden_states = None
         return out if return_dict is not False else out.to_tuple()
 
-    def select_hidden_states(self, pixel_values: torch.Tensor, layers: list[int]) -> list[torch.Tensor]:
-        """hidden_states[i] for each i in `layers` (negative i count from the end of num_layers + 1 states),
-        without post_layernorm, running the encoder only as deep as needed. Each is (B, N, C)."""
+    def encode_layers(self, pixel_values: torch.Tensor, layers: list[int], output_hidden_states: bool | None = None,
+                      output_attentions: bool | None = None) -> BaseModelOutputWithPooling:
+        """The tower's output for LLaVA's feature selection: hidden_states keeps only `layers` (None elsewhere,
+        as transformers' selective capture does) unless output_hidden_states asks for all of them."""
         n_states = self.config.num_hidden_layers + 1
-        bad = [i for i in layers if not isinstance(i, int) or not -n_states <= i < n_states]
-        if bad:
-            raise ValueError(f"vision feature layer {bad[0]!r} is out of range for a tower with "
-                             f"{self.config.num_hidden_layers} layers (valid: {-n_states}..{n_states - 1})")
-        wanted = [i % n_states for i in layers]
-        states, _ = self._encode(pixel_values, max(wanted), attn_implementation(self.config) == "eager")
-        return [states[i] for i in wanted]
+        keep = range(n_states) if output_hidden_states else layer_indices(layers, n_states)
+        return self._encode(pixel_values, keep, output_attentions)
+
+    def _encode(self, pixel_values: torch.Tensor, keep: Collection[int], output_attentions: bool | None,
+                interpolate_pos_encoding: bool = False) -> BaseModelOutputWithPooling:
+        """Run every layer, holding on to hidden state i only for i in `keep`."""
+        vm = self.vision_model
+        eager = attn_implementation(self.config) == "eager" or bool(output_attentions)
+        x = vm.embeddings(_check_pixels(pixel_values, self.config), interpolate_pos_encoding)  # (B, N, C)
+        hidden, attentions = [x if 0 in keep else None], []
+        for k, layer in enumerate(vm.encoder.layers, start=1):
+            x, probs = layer(x, eager)
+            hidden.append(x if k in keep else None)
+            attentions.append(probs)
+        last = vm.post_layernorm(x)  # (B, N, C)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=last,
+            pooler_output=vm.head(last) if self.config.vision_use_head else None,  # (B, C)
+            hidden_states=tuple(hidden),
+            attentions=tuple(attentions) if output_attentions else None,
+        )

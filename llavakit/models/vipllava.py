@@ -15,7 +15,7 @@ from llavakit.deprecation import accepts_renamed_kwargs
 from llavakit.models.cache import DynamicCache
 from llavakit.models.layers import activation
 from llavakit.models.llava import LlavaForConditionalGeneration, LlavaModel
-from llavakit.models.outputs import LlavaCausalLMOutputWithPast, LlavaModelOutputWithPast
+from llavakit.models.outputs import BaseModelOutputWithPooling, LlavaCausalLMOutputWithPast, LlavaModelOutputWithPast
 
 
 class VipLlavaMultiModalProjector(nn.Module):
@@ -48,40 +48,44 @@ def _one_layer_list(vision_feature_layers: int | list[int] | None,
     return layers
 
 
-def _per_image(out: LlavaModelOutputWithPast | LlavaCausalLMOutputWithPast, pixel_values: torch.Tensor | None,
-               return_dict: bool | None) -> LlavaModelOutputWithPast | LlavaCausalLMOutputWithPast | tuple:
-    """Give image_hidden_states per image, (num_images, P, Ht), as transformers' ViP does (LLaVA's are (N * P, Ht))."""
-    features = out.image_hidden_states
-    if features is not None:
-        out.image_hidden_states = features.view(pixel_values.shape[0], -1, features.shape[-1])  # (N, P, Ht)
-    return out if return_dict is not False else out.to_tuple()
-
-
 class _VipLlavaImageMixin:
     """ViP's feature selection, placed before the LLaVA classes in the MRO; the merge is LLaVA's."""
 
     config: VipLlavaConfig
 
     def get_image_features(self, pixel_values: torch.Tensor, vision_feature_layers: int | list[int] | None = None,
-                           *, vision_feature_layer: int | list[int] | None = None) -> torch.Tensor:
-        """Projected features (num_images, tokens_per_image, H_text) of a (num_images, 3, S, S) batch.
+                           *, vision_feature_layer: int | list[int] | None = None,
+                           output_hidden_states: bool | None = None, output_attentions: bool | None = None,
+                           return_dict: bool | None = None) -> BaseModelOutputWithPooling | tuple:
+        """The vision tower's output for a (num_images, 3, S, S) batch, with `pooler_output` = the projected
+        features (num_images, tokens_per_image, H_text) as one tensor (ViP's layout in transformers).
 
         The vision tower's hidden_states[i] for each listed layer, CLS always dropped, concatenated on the
         feature dim in list order. Default: config.vision_feature_layers.
         """
-        layers = _one_layer_list(vision_feature_layers, vision_feature_layer)
-        layers = self.config.vision_feature_layers if layers is None else layers
+        out = self._image_outputs(pixel_values, _one_layer_list(vision_feature_layers, vision_feature_layer), None,
+                                  output_hidden_states, output_attentions)
+        return out if return_dict is not False else out.to_tuple()
+
+    def _image_outputs(self, pixel_values: torch.Tensor, vision_feature_layer: list[int] | None,
+                       vision_feature_select_strategy: str | None, output_hidden_states: bool | None = None,
+                       output_attentions: bool | None = None) -> BaseModelOutputWithPooling:
+        """The vision tower's output with `pooler_output` = the projected features (N, P, Ht); no select strategy."""
+        layers = self.config.vision_feature_layers if vision_feature_layer is None else vision_feature_layer
         expected = self.multi_modal_projector.linear_1.in_features // self.config.vision_config.hidden_size
         if len(layers) != expected:
             raise ValueError(f"vision_feature_layers {layers} selects {len(layers)} layer(s), but the projector was "
                              f"built for {expected} (config.vision_feature_layers={self.config.vision_feature_layers})")
-        states = self.vision_tower.select_hidden_states(pixel_values, layers)  # each (N, 1 + P, Hv)
-        features = torch.cat([s[:, 1:] for s in states], dim=-1)  # (N, P, Hv * len(layers))
-        return self.multi_modal_projector(features)  # (N, P, Ht)
+        out = self.vision_tower.encode_layers(pixel_values, layers, output_hidden_states, output_attentions)
+        features = torch.cat([out.hidden_states[i][:, 1:] for i in layers], dim=-1)  # (N, P, Hv * len(layers))
+        out.pooler_output = self.multi_modal_projector(features)  # (N, P, Ht)
+        return out
 
     def _features_for_merge(self, pixel_values: torch.Tensor, vision_feature_layer: list[int] | None,
-                            vision_feature_select_strategy: str | None) -> torch.Tensor:
-        return self.get_image_features(pixel_values, vision_feature_layer)  # no select strategy in ViP
+                            vision_feature_select_strategy: str | None, output_hidden_states: bool | None,
+                            output_attentions: bool | None) -> tuple[torch.Tensor, BaseModelOutputWithPooling]:
+        out = self._image_outputs(pixel_values, vision_feature_layer, None, output_hidden_states, output_attentions)
+        return out.pooler_output, out  # ViP keeps the (N, P, Ht) tensor in image_outputs
 
 
 class VipLlavaModel(_VipLlavaImageMixin, LlavaModel):
@@ -100,13 +104,12 @@ class VipLlavaModel(_VipLlavaImageMixin, LlavaModel):
                 image_sizes: torch.Tensor | None = None, *, vision_feature_layer: int | list[int] | None = None,
                 ) -> LlavaModelOutputWithPast | tuple:
         """As LlavaModel.forward; the layer list may be given as `vision_feature_layers` or `vision_feature_layer`."""
-        out = super().forward(
+        return super().forward(
             input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
             position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds,
             vision_feature_layer=_one_layer_list(vision_feature_layers, vision_feature_layer), use_cache=use_cache,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=return_dict,
             cache_position=cache_position, image_sizes=image_sizes)
-        return _per_image(out, pixel_values, return_dict)
 
 
 class VipLlavaForConditionalGeneration(_VipLlavaImageMixin, LlavaForConditionalGeneration):
@@ -128,11 +131,10 @@ class VipLlavaForConditionalGeneration(_VipLlavaImageMixin, LlavaForConditionalG
                 vision_feature_layer: int | list[int] | None = None) -> LlavaCausalLMOutputWithPast | tuple:
         """As LlavaForConditionalGeneration.forward; the layer list may be given as `vision_feature_layers`
         or `vision_feature_layer`."""
-        out = super().forward(
+        return super().forward(
             input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
             position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds,
             vision_feature_layer=_one_layer_list(vision_feature_layers, vision_feature_layer), labels=labels,
             use_cache=use_cache, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-            return_dict=True, logits_to_keep=logits_to_keep, num_logits_to_keep=num_logits_to_keep,
+            return_dict=return_dict, logits_to_keep=logits_to_keep, num_logits_to_keep=num_logits_to_keep,
             cache_position=cache_position, image_sizes=image_sizes, num_items_in_batch=num_items_in_batch)
-        return _per_image(out, pixel_values, return_dict)

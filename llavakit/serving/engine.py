@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from llavakit.generation.logits import TopPLogitsWarper
 from llavakit.generation.prefix_cache import FeatureCache
 from llavakit.models.cache import DynamicCache
+from llavakit.models.outputs import merged_features
 from llavakit.serving.memory import kv_budget_tokens
 from llavakit.serving.metrics import Metrics
 from llavakit.serving.schemas import APIError, SamplingParams
@@ -192,9 +193,9 @@ class Engine:
             return cached
         pixels = image["pixel_values"].to(self.model.device, self.model.dtype)
         if image.get("image_sizes") is not None:  # LLaVA-NeXT: a list of packed (tokens_i, H)
-            features = self.model.get_image_features(pixels, image["image_sizes"])[0]
+            features = merged_features(self.model.get_image_features(pixels, image["image_sizes"]))
         else:
-            features = self.model.get_image_features(pixels)[0]  # (P, H)
+            features = merged_features(self.model.get_image_features(pixels))  # (P, H)
         self.features.put(key, features)
         return features
 

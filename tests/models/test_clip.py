@@ -76,27 +76,30 @@ def test_hidden_state_zero_is_the_pre_layernormed_embeddings():
 
 
 @pytest.mark.parametrize("layers", [[-2], [0], [-1, 1], [3, -4, 2]])
-def test_select_hidden_states_equals_full_hidden_states(layers):
+def test_encode_layers_keeps_only_the_selected_hidden_states(layers):
     _, ours = make_pair()
     x = pixels()
     with torch.no_grad():
-        everything = ours(x, output_hidden_states=True).hidden_states
-        selected = ours.select_hidden_states(x, layers)
-    assert len(selected) == len(layers)
-    for got, index in zip(selected, layers):
-        assert_close(got, everything[index])
+        full = ours(x, output_hidden_states=True)
+        selected = ours.encode_layers(x, layers)
+    wanted = {i % len(full.hidden_states) for i in layers}
+    assert len(selected.hidden_states) == len(full.hidden_states)
+    for i, (got, expected) in enumerate(zip(selected.hidden_states, full.hidden_states)):
+        if i in wanted:
+            assert_close(got, expected)
+        else:
+            assert got is None
+    assert_close(selected.last_hidden_state, full.last_hidden_state)
+    assert selected.attentions is None
 
 
-def test_select_hidden_states_stops_at_the_deepest_layer_needed():
+def test_encode_layers_keeps_all_states_when_asked_and_checks_the_layers():
     _, ours = make_pair()
-    calls = []
-    for i, layer in enumerate(ours.vision_model.encoder.layers):
-        layer.register_forward_hook(lambda *args, i=i: calls.append(i))
     with torch.no_grad():
-        ours.select_hidden_states(pixels(1), [-3])  # hidden_states[1]: layer 0 only
-    assert calls == [0]
+        out = ours.encode_layers(pixels(1), [-3], output_hidden_states=True)
+    assert all(state is not None for state in out.hidden_states)
     with pytest.raises(ValueError, match="vision feature layer 4 is out of range"):
-        ours.select_hidden_states(pixels(1), [4])
+        ours.encode_layers(pixels(1), [4])
 
 
 def test_wrong_image_size_names_both_sizes():

@@ -12,6 +12,7 @@ from llavakit.models.llava import LlavaForConditionalGeneration, LlavaModel
 from llavakit.models.outputs import LlavaCausalLMOutputWithPast
 from tests import assets
 from tests.parity import assert_close, image_prompt, left_pad, random_pixels, run_both
+from tests.reference import image_features, newest_keys, tuple_image_features
 
 IMAGE, PAD = 32000, 32001
 N_TOKENS = assets.IMAGE_TOKENS  # 16 per image with the "default" strategy
@@ -58,8 +59,9 @@ def test_one_prompt_matches_transformers(pair, n_images):
     a, b = run_both(hf, ours, input_ids=ids, pixel_values=random_pixels(n_images), output_hidden_states=True)
     assert isinstance(b, LlavaCausalLMOutputWithPast)
     assert_close(b.logits, a.logits)
-    assert b.image_hidden_states.shape == (n_images * N_TOKENS, 64)
-    assert_close(b.image_hidden_states, a.image_hidden_states)
+    assert image_features(b).shape == (n_images * N_TOKENS, 64)
+    assert_close(image_features(b), image_features(a))
+    assert [f.shape for f in b.image_outputs.pooler_output] == [(N_TOKENS, 64)] * n_images
     for x, y in zip(b.hidden_states, a.hidden_states, strict=True):
         assert_close(x, y)
 
@@ -101,7 +103,7 @@ def test_text_only_matches_transformers(pair):
     hf, ours = pair
     ids, mask, pos = left_pad([[1, 400, 500, 600, 700], [1, 800, 900]])
     a, b = run_both(hf, ours, input_ids=ids, attention_mask=mask, position_ids=pos)
-    assert b.image_hidden_states is None and "image_hidden_states" not in b
+    assert b.image_outputs is None and "image_outputs" not in b and newest_keys(a) == b.keys()
     assert_close(b.logits, a.logits)
 
 
@@ -158,12 +160,18 @@ def test_inputs_embeds_find_the_image_positions(pair):
 def test_get_image_features_matches_transformers(pair):
     hf, ours = pair
     with torch.no_grad():
-        ours_features = ours.get_image_features(random_pixels(2))
-        hf_features = torch.stack(hf.get_image_features(random_pixels(2)).pooler_output)
-        ours_full = ours.get_image_features(random_pixels(2), vision_feature_select_strategy="full")
+        ours_out, hf_out = ours.get_image_features(random_pixels(2)), hf.get_image_features(random_pixels(2))
+        ours_full = torch.stack(ours.get_image_features(random_pixels(2), vision_feature_select_strategy="full")
+                                .pooler_output)
         hf_full = torch.stack(hf.get_image_features(random_pixels(2), vision_feature_select_strategy="full").pooler_output)
-    assert ours_features.shape == (2, N_TOKENS, 64)
-    assert_close(ours_features, hf_features)
+    assert type(ours_out).__name__ == type(hf_out).__name__ == "BaseModelOutputWithPooling"
+    assert ours_out.keys() == list(hf_out.keys()) == ["last_hidden_state", "pooler_output", "hidden_states"]
+    assert isinstance(ours_out.pooler_output, list) and len(ours_out.pooler_output) == 2
+    assert ours_out.pooler_output[0].shape == (N_TOKENS, 64)
+    assert_close(torch.stack(ours_out.pooler_output), torch.stack(hf_out.pooler_output))
+    assert_close(ours_out.last_hidden_state, hf_out.last_hidden_state)
+    assert [s is None for s in ours_out.hidden_states] == [s is None for s in hf_out.hidden_states]
+    assert_close(ours_out.hidden_states[-2], hf_out.hidden_states[-2])  # the selected layer
     assert_close(ours_full, hf_full)
 
 
@@ -182,7 +190,7 @@ def test_feature_layer_list_and_full_strategy_match_transformers(multi_layer_dir
     ids = torch.tensor([image_prompt(2, per_image=per_image)])
     a, b = run_both(hf, ours, input_ids=ids, pixel_values=random_pixels(2))
     assert_close(b.logits, a.logits)
-    assert_close(b.image_hidden_states, a.image_hidden_states)
+    assert_close(image_features(b), image_features(a))
     with pytest.raises(ValueError, match="selects 1 layer"):
         ours.get_image_features(random_pixels(1), vision_feature_layer=-1)
 
@@ -203,9 +211,9 @@ def test_llava_model_matches_transformers(tiny_llava_dir):
     assert "language_model.embed_tokens.weight" in ours.state_dict()
     ids = torch.tensor([image_prompt(1, seed=10)])
     a, b = run_both(hf, ours, input_ids=ids, pixel_values=random_pixels(1))
-    assert set(b.keys()) == {"last_hidden_state", "past_key_values", "image_hidden_states"}
+    assert b.keys() == newest_keys(a) == ["last_hidden_state", "cache", "image_outputs"]
     assert_close(b.last_hidden_state, a.last_hidden_state)
-    assert_close(b.image_hidden_states, a.image_hidden_states)
+    assert_close(image_features(b), image_features(a))
 
 
 def test_hub_layout_checkpoint_gives_the_same_logits(pair, tiny_llava_hub_dir):
@@ -251,8 +259,9 @@ def test_return_dict_false_and_output_access(pair):
         out = ours(input_ids=ids, pixel_values=random_pixels(1))
     assert isinstance(ours_tuple, tuple) and len(ours_tuple) == len(hf_tuple) == 3
     assert_close(ours_tuple[0], hf_tuple[0])
-    assert_close(ours_tuple[2], hf_tuple[2])
-    assert out.keys() == ["logits", "past_key_values", "image_hidden_states"]
+    assert_close(tuple_image_features(ours_tuple[2]), tuple_image_features(hf_tuple[2]))
+    assert out.keys() == ["logits", "cache", "image_outputs"]
+    assert isinstance(ours_tuple[2], tuple) and len(ours_tuple[2]) == len(out.image_outputs.to_tuple())
     assert out["logits"] is out.logits is out[0]
     assert list(out) == out.keys()
 

@@ -23,6 +23,7 @@ from llavakit.models.llava_next import LlavaNextForConditionalGeneration, LlavaN
 from llavakit.models.outputs import LlavaCausalLMOutputWithPast
 from tests import assets
 from tests.parity import assert_close, run_both
+from tests.reference import image_features, newest_keys
 
 IMAGE, PAD = 32000, 32001
 CROP = assets.NEXT_CROP
@@ -143,8 +144,10 @@ def test_one_prompt_matches_transformers(pair, processor, images, names):
     assert isinstance(b, LlavaCausalLMOutputWithPast)
     assert_close(b.logits, a.logits)
     n_tokens = int((inputs["input_ids"] == IMAGE).sum())
-    assert b.image_hidden_states.shape == (n_tokens, 64)
-    assert_close(b.image_hidden_states, a.image_hidden_states)
+    assert image_features(b).shape == (n_tokens, 64)
+    assert_close(image_features(b), image_features(a))
+    assert len(b.image_outputs.pooler_output) == len(names)
+    assert b.image_outputs.last_hidden_state.shape[0] == inputs["pixel_values"].shape[1] * len(names)  # all crops
     for x, y in zip(b.hidden_states, a.hidden_states, strict=True):
         assert_close(x, y)
 
@@ -155,7 +158,7 @@ def test_packed_layout_base_then_rows_each_ending_in_the_newline(pair, processor
     (rows, cols), = grids(inputs)
     assert (rows, cols) == (1, 3)
     with torch.no_grad():
-        packed, = ours.get_image_features(inputs["pixel_values"], inputs["image_sizes"])
+        packed, = ours.get_image_features(inputs["pixel_values"], inputs["image_sizes"]).pooler_output
     h, w = anyres.unpadded_size(inputs["image_sizes"][0], (rows * 4, cols * 4))
     assert packed.shape == (16 + h * (w + 1), 64) and int((inputs["input_ids"] == IMAGE).sum()) == packed.shape[0]
     newlines = packed[16:].view(h, w + 1, 64)[:, -1]  # (h, Ht): the last token of every row
@@ -170,10 +173,12 @@ def test_get_image_features_matches_transformers_for_5d_and_flat_pixels(pair, pr
     counts = [anyres.image_size_to_num_patches(s, PINPOINTS, CROP) for s in sizes]
     assert len(set(counts)) > 1 and max(counts) == pixel_values.shape[1]  # batch padding in the crop dim
     with torch.no_grad():
-        theirs = hf.get_image_features(pixel_values, sizes).pooler_output
-        ours_5d = ours.get_image_features(pixel_values, sizes)
+        hf_out, ours_out = hf.get_image_features(pixel_values, sizes), ours.get_image_features(pixel_values, sizes)
+        theirs, ours_5d = hf_out.pooler_output, ours_out.pooler_output
         flat = torch.cat([p[:n] for p, n in zip(pixel_values, counts)])
-        ours_flat = ours.get_image_features(flat, sizes.tolist())
+        ours_flat = ours.get_image_features(flat, sizes.tolist()).pooler_output
+    assert ours_out.keys() == list(hf_out.keys())
+    assert_close(ours_out.last_hidden_state, hf_out.last_hidden_state)  # (sum(counts), 1 + P, Hv)
     assert len(ours_5d) == len(theirs) == 3
     for x, y, z in zip(ours_5d, ours_flat, theirs, strict=True):
         assert_close(x, z)
@@ -205,7 +210,7 @@ def test_left_padded_batch_of_three_prompts_matches_transformers(pair, processor
     assert len(set(grids(inputs))) == 4 and inputs["attention_mask"][:, 0].tolist().count(0) == 2
     a, b = run_both(hf, ours, **with_positions(inputs))
     assert_close(b.logits, a.logits)
-    assert_close(b.image_hidden_states, a.image_hidden_states)
+    assert_close(image_features(b), image_features(a))
     with torch.no_grad():  # each row alone gives the same logits
         alone = processor(images=[images["tall"]], text=texts[1], return_tensors="pt")
         alone_logits = ours(**alone).logits
@@ -217,7 +222,7 @@ def test_text_only_matches_transformers(pair, processor):
     inputs = processor(text=["USER: Hello there ASSISTANT:", "USER: Hi ASSISTANT:"], padding=True,
                        return_tensors="pt")
     a, b = run_both(hf, ours, **with_positions(inputs))
-    assert b.image_hidden_states is None
+    assert b.image_outputs is None and newest_keys(a) == b.keys()
     assert_close(b.logits, a.logits)
 
 
@@ -268,7 +273,7 @@ def test_feature_layer_list_matches_transformers(multi_layer_dir, processor, ima
                        return_tensors="pt")
     a, b = run_both(hf, ours, **with_positions(inputs))
     assert_close(b.logits, a.logits)
-    assert_close(b.image_hidden_states, a.image_hidden_states)
+    assert_close(image_features(b), image_features(a))
 
 
 def test_bfloat16_matches_transformers(next_dir, processor, images):
@@ -290,7 +295,7 @@ def test_llava_next_model_matches_transformers(next_dir, processor, images):
     inputs = processor(images=images["coffee"], text=PROMPT, return_tensors="pt")
     a, b = run_both(hf, ours, **inputs)
     assert_close(b.last_hidden_state, a.last_hidden_state)
-    assert_close(b.image_hidden_states, a.image_hidden_states)
+    assert_close(image_features(b), image_features(a))
 
 
 def test_auto_classes_dispatch_on_llava_next(next_dir):

@@ -68,8 +68,8 @@ def test_last_hidden_state_is_post_layernormed_but_hidden_states_are_not(saved):
     x = pixels()
     with torch.no_grad():
         out = ours(x, output_hidden_states=True)
-        raw_last, = ours.select_hidden_states(x, [-1])
-        first, middle = ours.select_hidden_states(x, [0, 2])
+        raw_last = ours.encode_layers(x, [-1]).hidden_states[-1]
+        first, _, middle, _ = ours.encode_layers(x, [0, 2]).hidden_states
     assert_close(raw_last, out.hidden_states[-1])
     assert_close(ours.vision_model.post_layernorm(raw_last), out.last_hidden_state)
     assert (raw_last - out.last_hidden_state).abs().max() > 1e-2
@@ -120,7 +120,7 @@ def test_bad_inputs_raise_clear_errors(saved):
     with pytest.raises(ValueError, match="doesn't match model"):
         ours(pixels(1, size=35))
     with pytest.raises(ValueError, match="out of range"):
-        ours.select_hidden_states(pixels(1), [4])
+        ours.encode_layers(pixels(1), [4])
     with pytest.raises(ValueError, match="num_images, 3"):
         ours(torch.zeros(3, 28, 28))
 

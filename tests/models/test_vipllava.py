@@ -15,6 +15,7 @@ from llavakit.models.outputs import LlavaCausalLMOutputWithPast
 from llavakit.models.vipllava import VipLlavaForConditionalGeneration, VipLlavaModel, VipLlavaMultiModalProjector
 from tests import assets
 from tests.parity import assert_close, image_prompt, left_pad, random_pixels, run_both
+from tests.reference import image_features, tuple_image_features
 
 IMAGE, PAD = 32000, 32001
 N_TOKENS = assets.IMAGE_TOKENS  # 16 per image, CLS always dropped
@@ -72,15 +73,15 @@ def test_logits_and_image_features_match_transformers(pair, n_images):
     a, b = run_both(hf, ours, input_ids=ids, pixel_values=random_pixels(n_images), output_hidden_states=True)
     assert isinstance(b, LlavaCausalLMOutputWithPast)
     assert_close(b.logits, a.logits)
-    assert b.image_hidden_states.shape == (n_images, N_TOKENS, 64)  # per image, unlike LLaVA's (N * P, H)
-    assert_close(b.image_hidden_states, a.image_hidden_states)
+    assert b.image_outputs.pooler_output.shape == (n_images, N_TOKENS, 64)  # one tensor, unlike LLaVA's list
+    assert_close(image_features(b), image_features(a))
     for x, y in zip(b.hidden_states, a.hidden_states, strict=True):
         assert_close(x, y)
     with torch.no_grad():
         as_tuple = ours(input_ids=ids, pixel_values=random_pixels(n_images), return_dict=False)
         reference = hf(input_ids=ids, pixel_values=random_pixels(n_images), return_dict=False)
     assert len(as_tuple) == len(reference) == 3
-    assert_close(as_tuple[2], reference[2])
+    assert_close(tuple_image_features(as_tuple[2]), tuple_image_features(reference[2]))
 
 
 def test_left_padded_batch_and_loss_match_transformers(pair):
@@ -97,10 +98,12 @@ def test_left_padded_batch_and_loss_match_transformers(pair):
 def test_get_image_features_matches_transformers(pair):
     hf, ours = pair
     with torch.no_grad():
-        features = ours.get_image_features(random_pixels(2))
-        reference = hf.get_image_features(random_pixels(2)).pooler_output
-    assert features.shape == (2, N_TOKENS, 64)
-    assert_close(features, reference)
+        ours_out, hf_out = ours.get_image_features(random_pixels(2)), hf.get_image_features(random_pixels(2))
+    assert ours_out.keys() == list(hf_out.keys())
+    assert ours_out.pooler_output.shape == (2, N_TOKENS, 64)
+    assert_close(ours_out.pooler_output, hf_out.pooler_output)
+    assert_close(ours_out.last_hidden_state, hf_out.last_hidden_state)
+    assert [s is None for s in ours_out.hidden_states] == [s is None for s in hf_out.hidden_states]
 
 
 def test_features_are_the_listed_layers_without_cls_in_list_order(pair):
@@ -109,9 +112,10 @@ def test_features_are_the_listed_layers_without_cls_in_list_order(pair):
     with torch.no_grad():
         states = tower(random_pixels(1), output_hidden_states=True).hidden_states  # 11 states
         by_hand = torch.cat([states[i][:, 1:] for i in (-2, -5, -8, -11, 6)], dim=-1)  # (1, 16, 160)
-        assert_close(ours.get_image_features(random_pixels(1)), projector(by_hand), atol=0)
+        assert_close(ours.get_image_features(random_pixels(1)).pooler_output, projector(by_hand), atol=0)
         swapped = torch.cat([states[i][:, 1:] for i in (6, -5, -8, -11, -2)], dim=-1)
-        assert_close(ours.get_image_features(random_pixels(1), [6, -5, -8, -11, -2]), projector(swapped), atol=0)
+        assert_close(ours.get_image_features(random_pixels(1), [6, -5, -8, -11, -2]).pooler_output, projector(swapped),
+                     atol=0)
 
 
 def test_layer_argument_under_either_name(pair):
@@ -123,8 +127,8 @@ def test_layer_argument_under_either_name(pair):
         v4 = ours(input_ids=ids, pixel_values=random_pixels(1), vision_feature_layers=layers).logits
         v5 = ours(input_ids=ids, pixel_values=random_pixels(1), vision_feature_layer=layers).logits
         default = ours(input_ids=ids, pixel_values=random_pixels(1)).logits
-        assert_close(ours.get_image_features(random_pixels(1), vision_feature_layer=layers),
-                     ours.get_image_features(random_pixels(1), vision_feature_layers=layers), atol=0)
+        assert_close(ours.get_image_features(random_pixels(1), vision_feature_layer=layers).pooler_output,
+                     ours.get_image_features(random_pixels(1), vision_feature_layers=layers).pooler_output, atol=0)
     assert_close(v4, reference)
     assert_close(v5, reference)
     assert (v4 - default).abs().max() > 1e-3  # the argument is used
@@ -145,7 +149,7 @@ def test_vipllava_model_matches_transformers(vip_dir):
     ids = torch.tensor([image_prompt(1, seed=4)])
     a, b = run_both(hf, ours, input_ids=ids, pixel_values=random_pixels(1))
     assert_close(b.last_hidden_state, a.last_hidden_state)
-    assert_close(b.image_hidden_states, a.image_hidden_states)
+    assert_close(image_features(b), image_features(a))
 
 
 def test_hub_layout_with_the_v4_key_name_gives_the_same_logits(pair, vip_hub_dir):
