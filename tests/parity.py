@@ -42,21 +42,6 @@ def random_pixels(n: int, size: int = 28, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-def hf_image_features(out) -> torch.Tensor | None:
-    """All images' projected features (total_image_tokens, H) from a transformers output of 5.23 or 5.25+."""
-    if hasattr(out, "image_outputs"):
-        return None if out.image_outputs is None else torch.cat(list(out.image_outputs.pooler_output))
-    return out.image_hidden_states
-
-
-def hf_video_features(out) -> torch.Tensor | None:
-    """All videos' projected features (total_video_tokens, H) from a transformers output of 5.23 or 5.25+."""
-    if hasattr(out, "video_outputs"):
-        return None if out.video_outputs is None else out.video_outputs.pooler_output.reshape(
-            -1, out.video_outputs.pooler_output.shape[-1])
-    return out.video_hidden_states
-
-
 def generate_both(hf, ours, inputs: dict, max_new_tokens: int = 8) -> torch.Tensor:
     """Greedy generate with both models; asserts identical sequences that grew, and returns them."""
     with torch.no_grad():

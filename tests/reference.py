@@ -73,3 +73,14 @@ def tuple_image_features(item: Any) -> torch.Tensor:
         return item
     features = item[1]
     return torch.cat(list(features)) if isinstance(features, (list, tuple)) else features
+
+
+def video_features(out: Any) -> torch.Tensor | None:
+    """The projected video features of a forward output as (total_video_tokens, H): 5.23's `video_hidden_states`
+    layout. From 5.24 (and in llavakit) they are `out.video_outputs.pooler_output`, (num_videos, tokens, H)."""
+    if is_transformers(out) and not IMAGE_OUTPUTS:
+        return out.video_hidden_states
+    if out.video_outputs is None:
+        return None
+    features = out.video_outputs.pooler_output
+    return features.reshape(-1, features.shape[-1])

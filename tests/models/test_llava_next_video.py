@@ -19,8 +19,8 @@ from llavakit.config import LlavaNextVideoConfig
 from llavakit.models.llava_next_video import (LlavaNextVideoForConditionalGeneration, LlavaNextVideoModel,
                                               LlavaNextVideoPooler)
 from tests import assets
-from tests.parity import (IMAGE, assert_close, generate_both, hf_image_features, hf_video_features, left_pad,
-                          run_both)
+from tests.parity import IMAGE, assert_close, generate_both, left_pad, run_both
+from tests.reference import image_features, video_features
 
 VIDEO = assets.VIDEO
 PINPOINTS = assets.NEXT_PINPOINTS
@@ -112,7 +112,7 @@ def test_video_features_match_transformers(pair):
     hf, ours = pair
     clip = videos(2, frames=3)
     with torch.no_grad():
-        features = ours.get_video_features(clip)
+        features = ours.get_video_features(clip).pooler_output
         theirs = hf.model.get_video_features(clip).pooler_output
     assert features.shape == (2, 3 * 4, 64)  # 4x4 patches pooled to 2x2 per frame, no newline
     assert_close(features, theirs)
@@ -124,8 +124,8 @@ def test_one_video_matches_transformers(pair):
     ids = torch.tensor([prompt([3, ("video", 16), 5])])
     a, b = run_both(hf, ours, input_ids=ids, pixel_values_videos=clip, output_hidden_states=True)
     assert_close(b.logits, a.logits)
-    assert b.video_hidden_states.shape == (1, 16, 64)
-    assert_close(b.video_hidden_states.flatten(0, 1), hf_video_features(a))
+    assert b.video_outputs.pooler_output.shape == (1, 16, 64)
+    assert_close(video_features(b), video_features(a))
     for x, y in zip(b.hidden_states, a.hidden_states, strict=True):
         assert_close(x, y)
 
@@ -137,7 +137,7 @@ def test_one_image_matches_transformers(pair, size):
     n, = image_lengths(hf, inputs)
     a, b = run_both(hf, ours, input_ids=torch.tensor([prompt([2, ("image", n), 3])]), **inputs)
     assert_close(b.logits, a.logits)
-    assert_close(b.image_hidden_states, hf_image_features(a))
+    assert_close(image_features(b), image_features(a))
 
 
 def test_image_and_video_in_one_prompt_match_transformers(pair):
@@ -147,8 +147,8 @@ def test_image_and_video_in_one_prompt_match_transformers(pair):
     ids = torch.tensor([prompt([1, ("image", image_lengths(hf, inputs)[0]), 2, ("video", 8), 2])])
     a, b = run_both(hf, ours, input_ids=ids, **inputs, pixel_values_videos=clip)
     assert_close(b.logits, a.logits)
-    assert_close(b.image_hidden_states, hf_image_features(a))
-    assert_close(b.video_hidden_states.flatten(0, 1), hf_video_features(a))
+    assert_close(image_features(b), image_features(a))
+    assert_close(video_features(b), video_features(a))
 
 
 def test_left_padded_batch_of_videos_matches_transformers(pair):
@@ -292,4 +292,4 @@ def test_frames_of_the_wrong_shape_are_clear_errors(pair):
         ours(input_ids=ids, pixel_values_videos=torch.randn(1, 2, 3, 32, 32))
     with torch.no_grad():  # an empty video batch is no video, as an empty image batch is no image
         out = ours(input_ids=torch.tensor([[1, 400]]), pixel_values_videos=torch.randn(0, 2, 3, 28, 28))
-    assert out.video_hidden_states is None
+    assert out.video_outputs is None

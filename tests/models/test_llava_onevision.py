@@ -18,8 +18,8 @@ from llavakit import AutoConfig, AutoModel, AutoModelForImageTextToText, LlavaFo
 from llavakit.config import LlavaOnevisionConfig
 from llavakit.models.llava_onevision import LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel, pool_frames
 from tests import assets
-from tests.parity import (IMAGE, PAD, assert_close, generate_both, hf_image_features, hf_video_features,
-                          left_pad, run_both)
+from tests.parity import IMAGE, PAD, assert_close, generate_both, left_pad, run_both
+from tests.reference import image_features, video_features
 
 VIDEO = assets.VIDEO
 PINPOINTS = assets.ONEVISION_PINPOINTS
@@ -109,8 +109,8 @@ def test_one_image_matches_transformers(pair, size):
     ids = torch.tensor([prompt([3, ("image", n), 4])])
     a, b = run_both(hf, ours, input_ids=ids, **inputs, output_hidden_states=True)
     assert_close(b.logits, a.logits)
-    assert b.image_hidden_states.shape == (n, 64)
-    assert_close(b.image_hidden_states, hf_image_features(a))
+    assert image_features(b).shape == (n, 64)
+    assert_close(image_features(b), image_features(a))
     for x, y in zip(b.hidden_states, a.hidden_states, strict=True):
         assert_close(x, y)
 
@@ -121,14 +121,14 @@ def test_many_tiles_are_shrunk_to_the_anyres_max(pair):
     inputs = images([(80, 80)])
     assert anyres.get_anyres_image_grid_shape((80, 80), PINPOINTS, 28) == (3, 3)
     with torch.no_grad():
-        packed, = ours.get_image_features(inputs["pixel_values"], inputs["image_sizes"])
+        packed, = ours.get_image_features(inputs["pixel_values"], inputs["image_sizes"]).pooler_output
         unshrunk, = ours.get_image_features(inputs["pixel_values"], inputs["image_sizes"],
-                                            vision_aspect_ratio="anyres_max_9")
+                                            vision_aspect_ratio="anyres_max_9").pooler_output
     assert packed.shape[0] == 16 + 8 * (8 + 1) and unshrunk.shape[0] == 16 + 12 * (12 + 1)
     newlines = packed[16:].view(8, 9, 64)[:, -1]  # the newline still ends every (shrunk) row
     assert torch.equal(newlines, ours.image_newline.expand(8, 64))
     assert image_lengths(hf, inputs) == [packed.shape[0]]
-    assert_close(packed, hf_image_features(run_both(hf, ours, input_ids=torch.tensor(
+    assert_close(packed, image_features(run_both(hf, ours, input_ids=torch.tensor(
         [prompt([2, ("image", packed.shape[0])])]), **inputs)[0]))
 
 
@@ -143,10 +143,10 @@ def test_multi_image_prompt_reads_base_views_and_matches_transformers(pair):
     inputs = padded(prompts, **inputs, batch_num_images=batch_num_images)
     a, b = run_both(hf, ours, **inputs)
     assert_close(b.logits, a.logits)
-    assert_close(b.image_hidden_states, hf_image_features(a))
+    assert_close(image_features(b), image_features(a))
     with torch.no_grad():
         first, second = ours.get_image_features(inputs["pixel_values"][:2], inputs["image_sizes"][:2],
-                                                batch_num_images=[2])
+                                                batch_num_images=[2]).pooler_output
     assert torch.equal(first[-1], ours.image_newline) and first.shape == (17, 64) == second.shape
 
 
@@ -166,7 +166,7 @@ def test_video_features_pool_each_frame_and_end_with_one_newline(pair):
     hf, ours = pair
     clip = videos(2, frames=3)
     with torch.no_grad():
-        features = ours.get_video_features(clip)
+        features = ours.get_video_features(clip).pooler_output
         theirs = hf.model.get_video_features(clip).pooler_output
     assert features.shape == (2, 3 * 2 * 2 + 1, 64)  # 4x4 patches pooled to 2x2 per frame, plus the newline
     assert torch.equal(features[:, -1], ours.image_newline.expand(2, 64))
@@ -183,8 +183,8 @@ def test_one_video_matches_transformers(pair):
     ids = torch.tensor([prompt([3, ("video", n), 5])])
     a, b = run_both(hf, ours, input_ids=ids, pixel_values_videos=clip)
     assert_close(b.logits, a.logits)
-    assert b.image_hidden_states is None and b.video_hidden_states.shape == (1, n, 64)
-    assert_close(b.video_hidden_states.flatten(0, 1), hf_video_features(a))
+    assert b.image_outputs is None and b.video_outputs.pooler_output.shape == (1, n, 64)
+    assert_close(video_features(b), video_features(a))
 
 
 def test_image_and_video_in_one_prompt_match_transformers(pair):
@@ -195,8 +195,8 @@ def test_image_and_video_in_one_prompt_match_transformers(pair):
     ids = torch.tensor([prompt([2, ("video", video_length(hf, clip)), 3, ("image", n_image), 2])])
     a, b = run_both(hf, ours, input_ids=ids, **inputs, pixel_values_videos=clip)
     assert_close(b.logits, a.logits)
-    assert_close(b.image_hidden_states, hf_image_features(a))
-    assert_close(b.video_hidden_states.flatten(0, 1), hf_video_features(a))
+    assert_close(image_features(b), image_features(a))
+    assert_close(video_features(b), video_features(a))
 
 
 def test_left_padded_batch_of_videos_matches_transformers(pair):
@@ -223,6 +223,26 @@ def test_loss_matches_transformers(pair):
     assert_close(b.loss, a.loss)
 
 
+def test_outputs_follow_the_transformers_5_25_layout(pair):
+    """`image_outputs` / `video_outputs` hold the tower outputs with the projected features as `pooler_output`;
+    `video_hidden_states` is a deprecated view of the video features; `return_dict=False` nests them."""
+    _, ours = pair
+    inputs = images([WIDE])
+    clip = videos(1, frames=2)
+    with torch.no_grad():
+        n = ours.get_image_features(inputs["pixel_values"], inputs["image_sizes"]).pooler_output[0].shape[0]
+        ids = torch.tensor([prompt([1, ("image", n), 2, ("video", 9)])])
+        out = ours(input_ids=ids, **inputs, pixel_values_videos=clip)
+        flat = ours(input_ids=ids, **inputs, pixel_values_videos=clip, return_dict=False)
+    assert type(out).__name__ == "LlavaOnevisionCausalLMOutputWithPast"
+    assert out.keys() == ["logits", "cache", "image_outputs", "video_outputs"]
+    assert isinstance(out.image_outputs.pooler_output, list) and out.image_outputs.pooler_output[0].shape == (n, 64)
+    assert out.video_outputs.last_hidden_state.shape == (2, 16, 32)  # the tower's output over both frames
+    with pytest.warns(FutureWarning, match="video_outputs.pooler_output"):
+        assert out.video_hidden_states is out.video_outputs.pooler_output
+    assert torch.equal(flat[0], out.logits) and torch.equal(flat[-1][1], out.video_outputs.pooler_output)
+
+
 def test_inputs_embeds_find_image_and_video_positions(pair):
     hf, ours = pair
     inputs = images([WIDE])
@@ -245,7 +265,7 @@ def test_base_model_matches_transformers(tiny_llava_onevision_dir):
     ids = torch.tensor([prompt([2, ("image", image_lengths(hf, inputs)[0]), ("video", video_length(hf, clip)), 2])])
     a, b = run_both(hf, ours, input_ids=ids, **inputs, pixel_values_videos=clip)
     assert_close(b.last_hidden_state, a.last_hidden_state)
-    assert_close(b.image_hidden_states, hf_image_features(a))
+    assert_close(image_features(b), image_features(a))
 
 
 @pytest.fixture(scope="module")
