@@ -421,3 +421,17 @@ def test_cache_argument_and_its_deprecated_name(pair):
             old = ours(input_ids=ids[:, -1:], past_key_values=first.cache,
                        position_ids=torch.tensor([[ids.shape[1] - 1]]))
     assert_close(old.logits, step.logits)
+
+
+def test_bfloat16_matches_transformers(tiny_llava_onevision_dir):
+    hf = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(tiny_llava_onevision_dir,
+                                                                            dtype=torch.bfloat16).eval()
+    ours = LlavaOnevisionForConditionalGeneration.from_pretrained(tiny_llava_onevision_dir, dtype=torch.bfloat16)
+    assert ours.image_newline.dtype == torch.bfloat16
+    inputs = images([SQUARE])
+    clip = videos(1, frames=2)
+    ids = torch.tensor([prompt([2, ("image", image_lengths(hf, inputs)[0]), ("video", video_length(hf, clip)), 2])])
+    inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
+    a, b = run_both(hf, ours, input_ids=ids, **inputs, pixel_values_videos=clip.to(torch.bfloat16))
+    assert b.logits.dtype == torch.bfloat16
+    assert_close(b.logits.float(), a.logits.float(), atol=1e-3)
