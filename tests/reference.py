@@ -20,6 +20,8 @@ VERSION = Version(transformers.__version__)
 CACHE_RENAMED = VERSION >= Version("5.24.0")
 IMAGE_OUTPUTS = VERSION >= Version("5.24.0")
 STREAMER_EMITS_WORDS = VERSION >= Version("5.24.0")
+# 5.24: chat messages may be dataclasses, pydantic models, or a conversation object with `.messages`
+CHAT_MESSAGE_OBJECTS = VERSION >= Version("5.24.0")
 # 5.24: batch_decode([]) gives [] (it gave [""])
 EMPTY_BATCH_DECODE = [] if VERSION >= Version("5.24.0") else [""]
 

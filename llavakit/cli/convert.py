@@ -1,8 +1,10 @@
-"""`llavakit convert SRC DST`: an original LLaVA / ViP-LLaVA / LLaVA-NeXT checkpoint -> the llava-hf layout.
+"""`llavakit convert SRC DST`: an original LLaVA / ViP-LLaVA / LLaVA-NeXT / lmms-lab LLaVA-OneVision /
+LLaVA-NeXT-Video checkpoint -> the llava-hf layout.
 
-DST holds the model (save_pretrained), the tokenizer with `<image>` and `<pad>` added as the converter
-adds them, an image processor that pads to a square when the original did (image_aspect_ratio "pad") or
-llava-hf's anyres one for NeXT, and the family's chat template. transformers and llavakit both load DST.
+DST holds the model (save_pretrained), the tokenizer with `<image>` and `<pad>` (and `<video>`) added as the
+converters add them, an image processor that pads to a square when the original did (image_aspect_ratio "pad")
+or llava-hf's anyres one for NeXT / OneVision, a video processor for the video families, and the family's chat
+template. transformers and llavakit both load DST.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import Any
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert an original LLaVA checkpoint to the llava-hf layout",
-                       description="Convert an original (liuhaotian / mucai) LLaVA, ViP-LLaVA or LLaVA-NeXT "
-                                   "checkpoint to the llava-hf layout.")
+                       description="Convert an original (liuhaotian / mucai / lmms-lab) LLaVA, ViP-LLaVA, "
+                                   "LLaVA-NeXT, LLaVA-OneVision or LLaVA-NeXT-Video checkpoint to the llava-hf "
+                                   "layout.")
     p.add_argument("src", help="original checkpoint folder or Hub repo id")
     p.add_argument("dst", help="output folder")
     p.add_argument("--vision-tower", default=None,
@@ -96,6 +99,12 @@ def build_processor(config: Any, data: dict[str, Any], src: str | os.PathLike, *
     and template of the original. NeXT gets llava-hf's anyres preprocessing, as transformers' converter writes."""
     from llavakit.processing.templates import TEMPLATES, default_template_name
 
+    family_name = {"vipllava": "vipllava", "llava_onevision": "llava_onevision"}.get(kind, data.get("model_type"))
+    name = chat_template or default_template_name(family_name, f"{os.fspath(src)} {data.get('_name_or_path', '')}")
+    if name not in TEMPLATES:
+        raise ValueError(f"unknown chat template {name!r}; built-in templates: {sorted(TEMPLATES)}")
+    if kind in ("llava_onevision", "llava_next_video"):
+        return _video_processor(config, tokenizer or src, TEMPLATES[name], kind)
     tok = _tokenizer_with_image_and_pad(tokenizer or src, config)
     vision = config.vision_config
     sizes = dict(size={"shortest_edge": vision.image_size},
@@ -110,31 +119,63 @@ def build_processor(config: Any, data: dict[str, Any], src: str | os.PathLike, *
         from llavakit.processing.llava import LlavaProcessor as processor_class
 
         image_processor = LlavaImageProcessor(do_pad=data.get("image_aspect_ratio") == "pad", **sizes)
-    name = chat_template or default_template_name("vipllava" if kind == "vipllava" else data.get("model_type"),
-                                                  f"{os.fspath(src)} {data.get('_name_or_path', '')}")
-    if name not in TEMPLATES:
-        raise ValueError(f"unknown chat template {name!r}; built-in templates: {sorted(TEMPLATES)}")
     strategy = getattr(config, "vision_feature_select_strategy", "default")
     return processor_class(image_processor, tok, patch_size=vision.patch_size, vision_feature_select_strategy=strategy,
                           num_additional_image_tokens=1, chat_template=TEMPLATES[name])
 
 
+def _video_processor(config: Any, tokenizer: str | os.PathLike, template: str, kind: str) -> Any:
+    """The llava-hf processor of a converted OneVision / NeXT-Video model: image, video and token settings
+    follow the model (tower size, pinpoints, aspect ratio), as transformers' converters write them."""
+    from llavakit.processing.image_next import LlavaNextImageProcessor
+    from llavakit.processing.image_onevision import LlavaOnevisionImageProcessor
+    from llavakit.processing.llava_next_video import LlavaNextVideoProcessor
+    from llavakit.processing.llava_onevision import LlavaOnevisionProcessor
+    from llavakit.processing.video_processor import LlavaNextVideoVideoProcessor, LlavaOnevisionVideoProcessor
+
+    size, patch = config.vision_config.image_size, config.vision_config.patch_size
+    if kind == "llava_onevision":
+        tok = _tokenizer_with(tokenizer, {"<image>": config.image_token_index, "<video>": config.video_token_index})
+        square = {"height": size, "width": size}
+        return LlavaOnevisionProcessor(
+            LlavaOnevisionImageProcessor(size=square, image_grid_pinpoints=config.image_grid_pinpoints), tok,
+            video_processor=LlavaOnevisionVideoProcessor(size=square), num_image_tokens=(size // patch) ** 2,
+            vision_feature_select_strategy=config.vision_feature_select_strategy, chat_template=template,
+            vision_aspect_ratio=config.vision_aspect_ratio)
+    tok = _tokenizer_with(tokenizer, {"<video>": config.video_token_index, "<image>": config.image_token_index,
+                                      "<pad>": config.pad_token_id}, pad="<pad>")
+    sizes = dict(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return LlavaNextVideoProcessor(
+        LlavaNextVideoVideoProcessor(**sizes), LlavaNextImageProcessor(image_grid_pinpoints=config.image_grid_pinpoints,
+                                                                       **sizes),
+        tok, chat_template=template, patch_size=patch,
+        vision_feature_select_strategy=config.vision_feature_select_strategy, num_additional_image_tokens=1)
+
+
 def _tokenizer_with_image_and_pad(path: str | os.PathLike, config: Any) -> Any:
     """The original tokenizer plus `<image>` (special) and `<pad>` (the pad token), at the ids the config uses."""
+    return _tokenizer_with(path, {"<image>": config.image_token_index, "<pad>": getattr(config, "pad_token_id", None)},
+                           pad="<pad>")
+
+
+def _tokenizer_with(path: str | os.PathLike, wanted: dict[str, int | None], pad: str | None = None) -> Any:
+    """The original tokenizer plus the `wanted` special tokens (in id order; `pad` becomes the pad token), checked
+    to land on the ids the model's config gives them."""
     from llavakit.processing.tokenizer import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
-    if "<image>" not in tok.get_vocab():
-        tok.add_tokens(["<image>"], special_tokens=True)
-    if "<pad>" not in tok.get_vocab():
-        tok.add_special_tokens({"pad_token": "<pad>"})
-    else:
-        tok.pad_token = "<pad>"
-    got = (tok.convert_tokens_to_ids("<image>"), tok.convert_tokens_to_ids("<pad>"))
-    want = (config.image_token_index, getattr(config, "pad_token_id", None))
-    if got != want:
-        raise ValueError(f"the tokenizer gives <image>={got[0]}, <pad>={got[1]}, but the model expects "
-                         f"<image>={want[0]}, <pad>={want[1]} (the original vocabulary size decides them); "
-                         "pass --tokenizer with the original LLaVA tokenizer")
+    for token in sorted(wanted, key=lambda t: (wanted[t] is None, wanted[t] or 0)):
+        if token in tok.get_vocab():
+            if token == pad:
+                tok.pad_token = pad
+        elif token == pad:
+            tok.add_special_tokens({"pad_token": pad})
+        else:
+            tok.add_tokens([token], special_tokens=True)
+    got = {token: tok.convert_tokens_to_ids(token) for token in wanted}
+    if got != wanted:
+        gives, expects = (", ".join(f"{t}={i}" for t, i in ids.items()) for ids in (got, wanted))
+        raise ValueError(f"the tokenizer gives {gives}, but the model expects {expects} (the original vocabulary "
+                         "size decides them); pass --tokenizer with the original LLaVA tokenizer")
     tok.padding_side = "left"  # batched generation needs left padding, as the llava-hf tokenizers have
     return tok

@@ -38,6 +38,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=50, help="sampling: keep only the k likeliest tokens")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="1.0 means no penalty")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    # decoding options beyond greedy/top-k/top-p (transformers' generate options of the same names)
+    p.add_argument("--num-beams", type=int, default=1, help="> 1: beam search (beam sampling with --temperature)")
+    p.add_argument("--num-return-sequences", type=int, default=1,
+                   help="answers to print (needs --num-beams >= it, or sampling)")
+    p.add_argument("--length-penalty", type=float, default=None, help="beam search: score / length ** this")
+    p.add_argument("--early-stopping", default=None, choices=["true", "false", "never"],
+                   help="beam search: when to stop once beams finish")
+    p.add_argument("--min-p", type=float, default=None, help="sampling: drop tokens below min_p * best probability")
+    p.add_argument("--typical-p", type=float, default=None, help="sampling: locally typical mass")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=None, help="never repeat an n-gram of this size")
+    p.add_argument("--max-time", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--prompt-lookup-num-tokens", type=int, default=None,
+                   help="greedy assisted decoding: draft this many tokens copied from the prompt")
+    p.add_argument("--assistant-model", default=None,
+                   help="greedy assisted decoding: a smaller checkpoint with the same tokenizer drafts tokens")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--quantize", default=None, choices=["int8", "int4", "nf4", "fp4", "bnb-int8"],
@@ -111,14 +126,28 @@ def run(args: argparse.Namespace) -> int:
     options = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
                    repetition_penalty=args.repetition_penalty)
     if args.temperature > 0:
-        options.update(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+        options.update(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p)
+        if args.typical_p is not None:
+            options["typical_p"] = args.typical_p
+    options.update(num_beams=args.num_beams, num_return_sequences=args.num_return_sequences)
+    for name in ("length_penalty", "no_repeat_ngram_size", "max_time", "prompt_lookup_num_tokens"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    if args.early_stopping is not None:
+        options["early_stopping"] = {"true": True, "false": False}.get(args.early_stopping, "never")
+    if args.assistant_model is not None:
+        options["assistant_model"] = LlavaForConditionalGeneration.from_pretrained(
+            args.assistant_model, dtype=args.dtype, device_map=device)
+    several = args.num_beams > 1 or args.num_return_sequences > 1  # printed once done, one answer per line
     if not main_rank:  # the other ranks compute their share of every step and print nothing
         _check_ranks_agree(model.generate(**inputs, **options), tp)
         return 0
-    if args.no_stream:
+    if args.no_stream or several:
         output = model.generate(**inputs, **options)
         _check_ranks_agree(output, tp)
-        print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+        for i, row in enumerate(output):
+            answer = processor.decode(row[inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+            print(f"[{i + 1}] {answer}" if output.shape[0] > 1 else answer)
         return 0
 
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)

@@ -658,7 +658,7 @@ class GenerationMixin:
         key = (length, batch_size, self.dtype, self.device)
         kept = self.__dict__.get("_kept_static_cache")
         if kept is not None and kept[0] == key:
-            kept[1].crop(0)
+            kept[1].reset()
             return kept[1]
         cache = StaticCache(length)
         self.__dict__["_kept_static_cache"] = (key, cache)  # only the latest: a KV cache can be large

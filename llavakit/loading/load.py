@@ -29,8 +29,10 @@ PICKLE_INDEX = "pytorch_model.bin.index.json"
 PICKLE_SINGLE = "pytorch_model.bin"
 HUB_KWARGS = ("revision", "local_files_only", "cache_dir", "token", "force_download", "subfolder")
 # Arguments transformers users pass that need no action here: we never run code from a checkpoint,
-# and loading is always low-memory.
-ACCEPTED_NO_OP = ("trust_remote_code", "low_cpu_mem_usage", "use_safetensors_index", "offload_folder")
+# loading is always low-memory, and llavakit has its own kernels (transformers 5.25 swaps in Hub kernels on
+# CUDA unless use_kernels=False; the math is the same).
+ACCEPTED_NO_OP = ("trust_remote_code", "low_cpu_mem_usage", "use_safetensors_index", "offload_folder", "use_kernels",
+                  "kernel_config", "kernels_mode")
 
 
 Device = torch.device | Callable[[str], torch.device]  # one device, or one per parameter name

@@ -39,10 +39,16 @@ class DynamicCache:
         self.key_cache = [k.index_select(0, beam_idx) for k in self.key_cache]
         self.value_cache = [v.index_select(0, beam_idx) for v in self.value_cache]
 
-    def crop(self, max_length: int) -> None:
-        """Forget everything after the first `max_length` positions."""
-        self.key_cache = [k[..., :max_length, :] for k in self.key_cache]
-        self.value_cache = [v[..., :max_length, :] for v in self.value_cache]
+    def crop(self, tokens_to_remove: int) -> None:
+        """Forget the last `-tokens_to_remove` positions (a negative count, as transformers 5.24+ takes it)."""
+        n = _tokens_to_remove(tokens_to_remove)
+        if n:
+            self.key_cache = [k[..., :max(k.shape[-2] - n, 0), :] for k in self.key_cache]
+            self.value_cache = [v[..., :max(v.shape[-2] - n, 0), :] for v in self.value_cache]
+
+    def reset(self) -> None:
+        """Forget every position."""
+        self.key_cache, self.value_cache = [], []
 
     def __len__(self) -> int:
         return len(self.key_cache)
@@ -128,9 +134,15 @@ class StaticCache:
         self.keys = [k.index_select(0, beam_idx.to(k.device)) for k in self.keys]
         self.values = [v.index_select(0, beam_idx.to(v.device)) for v in self.values]
 
-    def crop(self, max_length: int) -> None:
-        """Forget everything after the first `max_length` positions (their slots are overwritten later)."""
-        self.lengths = [min(n, max_length) for n in self.lengths]
+    def crop(self, tokens_to_remove: int) -> None:
+        """Forget the last `-tokens_to_remove` positions (a negative count, as transformers 5.24+ takes it);
+        their slots are overwritten later."""
+        n = _tokens_to_remove(tokens_to_remove)
+        self.lengths = [max(length - n, 0) for length in self.lengths]
+
+    def reset(self) -> None:
+        """Forget every position; the buffers stay allocated (and at the same addresses, for CUDA graphs)."""
+        self.lengths = [0] * len(self.lengths)
 
     def load(self, cache: "DynamicCache | StaticCache") -> "StaticCache":
         """Copy another cache's filled keys/values into this (empty) one's first positions; returns self."""
@@ -152,3 +164,15 @@ class StaticCache:
         cache.key_cache = [k.clone() for k in self.key_cache]
         cache.value_cache = [v.clone() for v in self.value_cache]
         return cache
+
+
+def _tokens_to_remove(tokens_to_remove: int) -> int:
+    """How many positions `crop(tokens_to_remove)` drops. transformers 5.24 made the argument a negative count
+    (`crop(-2)` drops 2, `crop(0)` nothing); the old absolute length (a positive value) is an error there too."""
+    if isinstance(tokens_to_remove, bool) or not isinstance(tokens_to_remove, int):
+        raise TypeError(f"crop takes an int, got {type(tokens_to_remove).__name__}")
+    if tokens_to_remove > 0:
+        raise ValueError(f"crop({tokens_to_remove}): pass a negative number of positions to remove from the end "
+                         f"(e.g. crop(-{tokens_to_remove})), as transformers 5.24+ does; to keep the first n "
+                         f"positions use crop(n - cache.get_seq_length())")
+    return -tokens_to_remove

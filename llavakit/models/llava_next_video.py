@@ -19,7 +19,7 @@ from llavakit.models.cache import DynamicCache
 from llavakit.models.llava_next import LlavaNextForConditionalGeneration, LlavaNextModel
 from llavakit.models.media import (VideoLlavaCausalLMOutputWithPast, VideoLlavaModelOutputWithPast,
                                    _VideoLlavaMixin, check_videos, select_vision_features)
-from llavakit.models.outputs import BaseModelOutputWithPooling
+from llavakit.models.outputs import BaseModelOutputWithPooling, model_output
 
 
 class LlavaNextVideoPooler(nn.Module):
@@ -57,12 +57,12 @@ class _LlavaNextVideoMixin(_VideoLlavaMixin):
                            vision_feature_select_strategy: str | None = None,
                            output_hidden_states: bool | None = None, output_attentions: bool | None = None,
                            return_dict: bool | None = None) -> BaseModelOutputWithPooling | tuple:
-        """The vision tower's output over all frames, with `pooler_output` = (num_videos, frames * pooled, Ht):
-        each frame's tower features pooled, then projected."""
+        """The vision tower's output over all frames (one call), `pooler_output` = (num_videos, frames * pooled,
+        Ht): each frame's tower features pooled, then projected."""
         n_videos, frames = check_videos(pixel_values_videos)
-        out, states = select_vision_features(self, pixel_values_videos.flatten(0, 1), vision_feature_layer,
+        states, out = select_vision_features(self, pixel_values_videos.flatten(0, 1), vision_feature_layer,
                                              vision_feature_select_strategy, output_hidden_states,
-                                             output_attentions)  # states (V*F, P, Hv * n_layers)
+                                             output_attentions)  # (V*F, P, Hv * n_layers)
         expected = self.multi_modal_projector.linear_1.in_features
         if states.shape[-1] != expected:
             raise ValueError(f"vision_feature_layer {vision_feature_layer!r} gives {states.shape[-1]} features per "
@@ -75,22 +75,36 @@ class _LlavaNextVideoMixin(_VideoLlavaMixin):
 
     def _media_features(self, input_ids, inputs_embeds, pixel_values, image_sizes, pixel_values_videos,
                         vision_feature_layer, vision_feature_select_strategy, output_hidden_states,
-                        output_attentions) -> tuple[BaseModelOutputWithPooling | None, BaseModelOutputWithPooling | None]:
-        """(image_outputs or None, video_outputs or None) for one forward."""
+                        output_attentions,
+                        ) -> tuple[BaseModelOutputWithPooling | None, BaseModelOutputWithPooling | None]:
+        """(image_outputs, video_outputs) of one forward, each None without that medium."""
         images = videos = None
         if pixel_values is not None and not (isinstance(pixel_values, torch.Tensor) and pixel_values.shape[0] == 0):
             images = self.get_image_features(pixel_values, image_sizes, vision_feature_layer,
                                              vision_feature_select_strategy, output_hidden_states, output_attentions)
-        if pixel_values_videos is not None:
+        if pixel_values_videos is not None and not (isinstance(pixel_values_videos, torch.Tensor)
+                                                    and pixel_values_videos.shape[0] == 0):  # an empty video batch
             videos = self.get_video_features(pixel_values_videos, vision_feature_layer,
                                              vision_feature_select_strategy, output_hidden_states, output_attentions)
         return images, videos
+
+
+@model_output
+class LlavaNextVideoModelOutputWithPast(VideoLlavaModelOutputWithPast):
+    """LlavaNextVideoModel's output: decoder states, cache, `image_outputs` and `video_outputs`."""
+
+
+@model_output
+class LlavaNextVideoCausalLMOutputWithPast(VideoLlavaCausalLMOutputWithPast):
+    """LlavaNextVideoForConditionalGeneration's output: loss, logits, cache, `image_outputs`, `video_outputs`."""
 
 
 class LlavaNextVideoModel(_LlavaNextVideoMixin, LlavaNextModel):
     """LLaVA-NeXT-Video without the LM head: returns the decoder's last hidden state."""
 
     config_class = LlavaNextVideoConfig
+    model_output_class = LlavaNextVideoModelOutputWithPast
+    causal_output_class = LlavaNextVideoCausalLMOutputWithPast
 
     def __init__(self, config: LlavaNextVideoConfig) -> None:
         super().__init__(config)
@@ -105,7 +119,7 @@ class LlavaNextVideoModel(_LlavaNextVideoMixin, LlavaNextModel):
                 vision_feature_select_strategy: str | None = None, use_cache: bool | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, cache_position: torch.Tensor | None = None,
-                ) -> VideoLlavaModelOutputWithPast | tuple:
+                ) -> LlavaNextVideoModelOutputWithPast | tuple:
         """Merge image and video features into the embeddings and run the decoder."""
         images, videos = self._media_features(input_ids, inputs_embeds, pixel_values, image_sizes,
                                               pixel_values_videos, vision_feature_layer,
@@ -120,6 +134,8 @@ class LlavaNextVideoForConditionalGeneration(_LlavaNextVideoMixin, LlavaNextForC
     """LLaVA-NeXT-Video with the LM head: `model(**processor(videos=..., text=...))` gives next-token logits."""
 
     config_class = LlavaNextVideoConfig
+    model_output_class = LlavaNextVideoModelOutputWithPast
+    causal_output_class = LlavaNextVideoCausalLMOutputWithPast
 
     def __init__(self, config: LlavaNextVideoConfig) -> None:
         super().__init__(config)
@@ -136,10 +152,10 @@ class LlavaNextVideoForConditionalGeneration(_LlavaNextVideoMixin, LlavaNextForC
                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
                 logits_to_keep: int | torch.Tensor = 0, num_logits_to_keep: int | None = None,
                 cache_position: torch.Tensor | None = None, num_items_in_batch: int | torch.Tensor | None = None,
-                ) -> VideoLlavaCausalLMOutputWithPast | tuple:
+                ) -> LlavaNextVideoCausalLMOutputWithPast | tuple:
         """Logits for the kept positions and the LM loss when `labels` are given (mask `<image>`, `<video>` and
-        pad positions with -100 yourself). `image_outputs.pooler_output`: each image's packed features;
-        `video_outputs.pooler_output`: each video's features (num_videos, tokens, Ht)."""
+        pad positions with -100 yourself). `image_outputs.pooler_output` holds each image's packed features
+        (tokens_i, Ht), `video_outputs.pooler_output` each video's features (num_videos, tokens, Ht)."""
         images, videos = self._media_features(input_ids, inputs_embeds, pixel_values, image_sizes,
                                               pixel_values_videos, vision_feature_layer,
                                               vision_feature_select_strategy, output_hidden_states,

@@ -23,9 +23,9 @@ from llavakit.config.llava_onevision import LlavaOnevisionConfig, max_tiles
 from llavakit.deprecation import accepts_renamed_kwargs
 from llavakit.models.cache import DynamicCache
 from llavakit.models.llava_next import LlavaNextForConditionalGeneration, LlavaNextModel
-from llavakit.models.outputs import BaseModelOutputWithPooling
 from llavakit.models.media import (VideoLlavaCausalLMOutputWithPast, VideoLlavaModelOutputWithPast,
                                    _VideoLlavaMixin, check_videos)
+from llavakit.models.outputs import BaseModelOutputWithPooling, model_output
 
 
 def pool_frames(features: torch.Tensor, side: int) -> torch.Tensor:
@@ -48,8 +48,8 @@ class _LlavaOnevisionMixin(_VideoLlavaMixin):
                            batch_num_images: torch.Tensor | list[int] | None = None,
                            output_hidden_states: bool | None = None, output_attentions: bool | None = None,
                            return_dict: bool | None = None) -> BaseModelOutputWithPooling | tuple:
-        """The vision tower's output over the crops read, with `pooler_output` = the packed features of each
-        image, a list of (tokens_i, Ht).
+        """The vision tower's output over the used crops, `pooler_output` = each image's packed features, a list
+        of (tokens_i, Ht).
 
         pixel_values: (num_images, max_crops, 3, S, S) as the processor pads them, or the used crops concatenated.
         image_sizes: (num_images, 2) original (height, width). batch_num_images: images per prompt; an image
@@ -60,11 +60,11 @@ class _LlavaOnevisionMixin(_VideoLlavaMixin):
         crop = self.config.vision_config.image_size
         counts = [image_size_to_num_patches(size, self.config.image_grid_pinpoints, crop) if use_grid else 1
                   for size, use_grid in zip(sizes, tiled)]
+        limit = max_tiles(vision_aspect_ratio or self.config.vision_aspect_ratio)
         pixel_values = self._select_crops(pixel_values, sizes, counts)  # (sum(counts), 3, S, S)
         out = self._image_outputs(pixel_values, vision_feature_layer, vision_feature_select_strategy,
                                   output_hidden_states, output_attentions)
         features = out.pooler_output  # (sum(counts), P, Ht)
-        limit = max_tiles(vision_aspect_ratio or self.config.vision_aspect_ratio)
         out.pooler_output = [self._pack(f, size, limit) for f, size in zip(features.split(counts), sizes)]
         return out if return_dict is not False else out.to_tuple()
 
@@ -85,10 +85,9 @@ class _LlavaOnevisionMixin(_VideoLlavaMixin):
                            vision_feature_select_strategy: str | None = None,
                            output_hidden_states: bool | None = None, output_attentions: bool | None = None,
                            return_dict: bool | None = None) -> BaseModelOutputWithPooling | tuple:
-        """The vision tower's output over all frames, with `pooler_output` = (num_videos,
-        frames * ceil(side/2)^2 + 1, Ht): each frame's features pooled 2x, one newline per video.
-
-        All frames of all videos go through the vision tower in one call.
+        """The vision tower's output over all frames, `pooler_output` = (num_videos, frames * ceil(side/2)^2 + 1, Ht):
+        each frame's features pooled 2x, one newline per video. All frames of all videos go through the tower in
+        one call.
         """
         n_videos, frames = check_videos(pixel_values_videos)
         out = self._image_outputs(pixel_values_videos.flatten(0, 1), vision_feature_layer,
@@ -107,22 +106,35 @@ class _LlavaOnevisionMixin(_VideoLlavaMixin):
                         vision_feature_layer, vision_feature_select_strategy, vision_aspect_ratio,
                         batch_num_images, output_hidden_states, output_attentions,
                         ) -> tuple[BaseModelOutputWithPooling | None, BaseModelOutputWithPooling | None]:
-        """(image_outputs or None, video_outputs or None) for one forward."""
+        """(image_outputs, video_outputs) of one forward, each None without that medium."""
         images = videos = None
         if pixel_values is not None and not (isinstance(pixel_values, torch.Tensor) and pixel_values.shape[0] == 0):
             images = self.get_image_features(pixel_values, image_sizes, vision_feature_layer,
                                              vision_feature_select_strategy, vision_aspect_ratio, batch_num_images,
                                              output_hidden_states, output_attentions)
-        if pixel_values_videos is not None:
+        if pixel_values_videos is not None and not (isinstance(pixel_values_videos, torch.Tensor)
+                                                    and pixel_values_videos.shape[0] == 0):  # an empty video batch
             videos = self.get_video_features(pixel_values_videos, vision_feature_layer,
                                              vision_feature_select_strategy, output_hidden_states, output_attentions)
         return images, videos
+
+
+@model_output
+class LlavaOnevisionModelOutputWithPast(VideoLlavaModelOutputWithPast):
+    """LlavaOnevisionModel's output: decoder states, cache, `image_outputs` and `video_outputs`."""
+
+
+@model_output
+class LlavaOnevisionCausalLMOutputWithPast(VideoLlavaCausalLMOutputWithPast):
+    """LlavaOnevisionForConditionalGeneration's output: loss, logits, cache, `image_outputs`, `video_outputs`."""
 
 
 class LlavaOnevisionModel(_LlavaOnevisionMixin, LlavaNextModel):
     """LLaVA-OneVision without the LM head: returns the decoder's last hidden state."""
 
     config_class = LlavaOnevisionConfig
+    model_output_class = LlavaOnevisionModelOutputWithPast
+    causal_output_class = LlavaOnevisionCausalLMOutputWithPast
 
     @accepts_renamed_kwargs
     def forward(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.Tensor | None = None,
@@ -134,7 +146,7 @@ class LlavaOnevisionModel(_LlavaOnevisionMixin, LlavaNextModel):
                 batch_num_images: torch.Tensor | None = None, use_cache: bool | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, cache_position: torch.Tensor | None = None,
-                ) -> VideoLlavaModelOutputWithPast | tuple:
+                ) -> LlavaOnevisionModelOutputWithPast | tuple:
         """Merge image and video features into the embeddings and run the decoder. `image_sizes_videos` and
         `cache_position` are accepted for compatibility and ignored, as in transformers."""
         images, videos = self._media_features(input_ids, inputs_embeds, pixel_values, image_sizes,
@@ -150,6 +162,8 @@ class LlavaOnevisionForConditionalGeneration(_LlavaOnevisionMixin, LlavaNextForC
     """LLaVA-OneVision with the LM head: `model(**processor(images=..., videos=..., text=...))` gives logits."""
 
     config_class = LlavaOnevisionConfig
+    model_output_class = LlavaOnevisionModelOutputWithPast
+    causal_output_class = LlavaOnevisionCausalLMOutputWithPast
 
     @accepts_renamed_kwargs
     def forward(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.Tensor | None = None,
@@ -163,10 +177,10 @@ class LlavaOnevisionForConditionalGeneration(_LlavaOnevisionMixin, LlavaNextForC
                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
                 logits_to_keep: int | torch.Tensor = 0, num_logits_to_keep: int | None = None,
                 cache_position: torch.Tensor | None = None, num_items_in_batch: int | torch.Tensor | None = None,
-                ) -> VideoLlavaCausalLMOutputWithPast | tuple:
+                ) -> LlavaOnevisionCausalLMOutputWithPast | tuple:
         """Logits for the kept positions and the LM loss when `labels` are given (mask `<image>`, `<video>` and
-        pad positions with -100 yourself). `image_outputs.pooler_output`: each image's packed features;
-        `video_outputs.pooler_output`: each video's features (num_videos, tokens, Ht)."""
+        pad positions with -100 yourself). `image_outputs.pooler_output` holds each image's packed features
+        (tokens_i, Ht), `video_outputs.pooler_output` each video's features (num_videos, tokens, Ht)."""
         images, videos = self._media_features(input_ids, inputs_embeds, pixel_values, image_sizes,
                                               pixel_values_videos, vision_feature_layer,
                                               vision_feature_select_strategy, vision_aspect_ratio, batch_num_images,

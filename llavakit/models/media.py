@@ -9,12 +9,15 @@ import warnings
 
 import torch
 
-from llavakit.deprecation import VIDEO_HIDDEN_STATES_MESSAGE
 from llavakit.models.cache import DynamicCache
 from llavakit.models.llava import SELECT_STRATEGIES
 from llavakit.models.llama import check_token_ids
 from llavakit.models.outputs import (BaseModelOutputWithPooling, LlavaCausalLMOutputWithPast,
-                                     LlavaModelOutputWithPast, merged_features, model_output)
+                                    LlavaModelOutputWithPast, model_output)
+
+VIDEO_HIDDEN_STATES_MESSAGE = ("`video_hidden_states` is deprecated: transformers gives it another meaning (all "
+                               "hidden states per layer) from v5.30. Use `out.video_outputs.pooler_output` for the "
+                               "projected features (num_videos, tokens_per_video, H).")
 
 
 def _deprecated_video_hidden_states(self) -> torch.Tensor | None:
@@ -25,16 +28,16 @@ def _deprecated_video_hidden_states(self) -> torch.Tensor | None:
 
 @model_output
 class VideoLlavaModelOutputWithPast(LlavaModelOutputWithPast):
-    """`image_outputs.pooler_output`: one packed (tokens_i, Ht) per image; `video_outputs.pooler_output`: each
-    video's projected features, (num_videos, tokens_per_video, Ht)."""
+    """`image_outputs.pooler_output`: each image's packed features (tokens_i, Ht); `video_outputs.pooler_output`:
+    the projected features of each video, (num_videos, tokens_per_video, Ht)."""
 
     video_hidden_states = property(_deprecated_video_hidden_states)
 
 
 @model_output
 class VideoLlavaCausalLMOutputWithPast(LlavaCausalLMOutputWithPast):
-    """`image_outputs.pooler_output`: one packed (tokens_i, Ht) per image; `video_outputs.pooler_output`: each
-    video's projected features, (num_videos, tokens_per_video, Ht)."""
+    """`image_outputs.pooler_output`: each image's packed features (tokens_i, Ht); `video_outputs.pooler_output`:
+    the projected features of each video, (num_videos, tokens_per_video, Ht)."""
 
     video_hidden_states = property(_deprecated_video_hidden_states)
 
@@ -42,9 +45,9 @@ class VideoLlavaCausalLMOutputWithPast(LlavaCausalLMOutputWithPast):
 def select_vision_features(model, pixel_values: torch.Tensor, vision_feature_layer: int | list[int] | None,
                            vision_feature_select_strategy: str | None, output_hidden_states: bool | None = None,
                            output_attentions: bool | None = None,
-                           ) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
-    """The tower's output for (N, 3, S, S) frames, and its chosen hidden state(s) before the projector,
-    (N, P, Hv * n_layers): a list of layers is concatenated on the feature dim; "default" drops the CLS token."""
+                           ) -> tuple[torch.Tensor, BaseModelOutputWithPooling]:
+    """The tower's chosen hidden state(s) of (N, 3, S, S) frames before the projector, (N, P, Hv * n_layers), and
+    the tower's output. A list of layers is concatenated on the feature dim; "default" drops the CLS token."""
     config = model.config
     layer = config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
     strategy = vision_feature_select_strategy or config.vision_feature_select_strategy
@@ -55,7 +58,7 @@ def select_vision_features(model, pixel_values: torch.Tensor, vision_feature_lay
     states = [out.hidden_states[i] for i in layers]  # each (N, 1 + P or P, Hv)
     if strategy == "default":
         states = [s[:, 1:] for s in states]  # drop CLS
-    return out, states[0] if len(states) == 1 else torch.cat(states, dim=-1)  # (N, P, Hv * len(layers))
+    return (states[0] if len(states) == 1 else torch.cat(states, dim=-1)), out  # (N, P, Hv * len(layers))
 
 
 def check_videos(pixel_values_videos: torch.Tensor) -> tuple[int, int]:
@@ -64,11 +67,17 @@ def check_videos(pixel_values_videos: torch.Tensor) -> tuple[int, int]:
         shape = tuple(pixel_values_videos.shape) if isinstance(pixel_values_videos, torch.Tensor) else \
             type(pixel_values_videos).__name__
         raise ValueError(f"pixel_values_videos must be (num_videos, frames, 3, H, W), got {shape}")
+    if pixel_values_videos.shape[1] == 0:
+        raise ValueError(f"pixel_values_videos has videos of 0 frames (shape {tuple(pixel_values_videos.shape)}); "
+                         f"each video needs at least one frame")
     return pixel_values_videos.shape[0], pixel_values_videos.shape[1]
 
 
 class _VideoLlavaMixin:
     """The forward of a LLaVA model that also reads videos; placed before the LLaVA classes in the MRO."""
+
+    model_output_class: type[VideoLlavaModelOutputWithPast] = VideoLlavaModelOutputWithPast
+    causal_output_class: type[VideoLlavaCausalLMOutputWithPast] = VideoLlavaCausalLMOutputWithPast
 
     def _placeholders(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor,
                       token_id: int) -> torch.Tensor:
@@ -91,7 +100,7 @@ class _VideoLlavaMixin:
         config = self.config
         media = [("image", "images", config.image_token_index, images, n_images),
                  ("video", "videos", config.video_token_index, videos, n_videos)]
-        masks = [self._placeholders(input_ids, inputs_embeds, token, ) if features is not None else None
+        masks = [self._placeholders(input_ids, inputs_embeds, token) if features is not None else None
                  for _, _, token, features, _ in media]
         for (kind, plural, token, features, count), mask in zip(media, masks):
             if features is None:
@@ -109,21 +118,23 @@ class _VideoLlavaMixin:
         return inputs_embeds
 
     def _forward_media(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None,
-                       images: BaseModelOutputWithPooling | None, videos: BaseModelOutputWithPooling | None,
-                       cache: DynamicCache | None, return_dict: bool | None,
-                       **decoder_kwargs) -> VideoLlavaModelOutputWithPast | VideoLlavaCausalLMOutputWithPast | tuple:
-        """Merge the images' packed features and the videos' (num_videos, tokens, Ht) features, run the decoder
+                       image_outputs: BaseModelOutputWithPooling | None,
+                       video_outputs: BaseModelOutputWithPooling | None, cache: DynamicCache | None,
+                       return_dict: bool | None, **decoder_kwargs,
+                       ) -> VideoLlavaModelOutputWithPast | VideoLlavaCausalLMOutputWithPast | tuple:
+        """Merge the per-image packed features and the (num_videos, tokens, Ht) video features, run the decoder
         (with the LM head and loss when the model has one) and build the output."""
-        image_features = merged_features(images)  # (total_image_tokens, Ht)
-        video_features = merged_features(videos)  # (total_video_tokens, Ht)
+        images = image_outputs.pooler_output if image_outputs is not None else None
+        videos = video_outputs.pooler_output if video_outputs is not None else None
+        image_features = torch.cat(list(images)) if images else None  # (total_image_tokens, Ht)
+        video_features = videos.flatten(0, 1) if videos is not None else None  # (total_video_tokens, Ht)
         embeds = self._merge_media(input_ids, inputs_embeds, image_features, video_features,
-                                   0 if images is None else len(images.pooler_output),
-                                   0 if videos is None else videos.pooler_output.shape[0])
+                                   len(images or ()), 0 if videos is None else videos.shape[0])
         out = self.language_model(inputs_embeds=embeds, cache=cache, **decoder_kwargs)
         shared = dict(cache=out.cache, hidden_states=out.hidden_states, attentions=out.attentions,
-                      image_outputs=images, video_outputs=videos)
+                      image_outputs=image_outputs, video_outputs=video_outputs)
         if hasattr(out, "logits"):
-            result = VideoLlavaCausalLMOutputWithPast(loss=out.loss, logits=out.logits, **shared)
+            result = self.causal_output_class(loss=out.loss, logits=out.logits, **shared)
         else:
-            result = VideoLlavaModelOutputWithPast(last_hidden_state=out.last_hidden_state, **shared)
+            result = self.model_output_class(last_hidden_state=out.last_hidden_state, **shared)
         return result if return_dict is not False else result.to_tuple()

@@ -119,8 +119,26 @@ def _alias_reasoning(chat: Conversation) -> Conversation:
     return out
 
 
+def as_plain_data(value: Any) -> Any:
+    """Message objects as dicts (transformers 5.24+ accepts them): dataclass instances, pydantic models such as
+    the OpenAI SDK's messages (`model_dump()`), nested in lists and dicts too. Media objects stay as they are."""
+    if isinstance(value, Mapping):
+        return {key: as_plain_data(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(as_plain_data(item) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: as_plain_data(getattr(value, f.name)) for f in dataclasses.fields(value)}  # no deep copy
+    if callable(getattr(value, "model_dump", None)):
+        return as_plain_data(value.model_dump())
+    return value
+
+
 def split_conversations(conversation: Any) -> tuple[list[Conversation], bool]:
-    """(list of conversations, is_batched), with None-valued message keys dropped."""
+    """(list of conversations, is_batched), with None-valued message keys dropped. A conversation may be an
+    object with a `.messages` list, and messages may be dataclasses or pydantic models."""
+    conversation = getattr(conversation, "messages", conversation)
+    if isinstance(conversation, (list, tuple)):
+        conversation = [as_plain_data(getattr(c, "messages", c)) for c in conversation]
     if not isinstance(conversation, (list, tuple)) or len(conversation) == 0:
         raise ValueError("a conversation must be a non-empty list of messages (or a list of such lists)")
     batched = isinstance(conversation[0], (list, tuple))

@@ -6,7 +6,7 @@ in one of four separator styles. Each template here takes the conv mode's name (
 conv mode's system prompt, and without one the conv mode's own system prompt is used. Images print as
 "<image>\\n" before the message text, as the original CLI and eval scripts write them.
 
-The conv modes come from llava-torch 1.2.2.post1; tests/processing/original_reference.json holds the
+The conv modes come from llava-torch 1.2.2.post1; tests/loading/original_reference.json holds the
 prompts that code printed (scripts/record_original_reference.py).
 """
 
@@ -21,7 +21,8 @@ LLAVA_LLAMA_2_SYSTEM = ("You are a helpful language and vision assistant. You ar
                         "content that the user provides, and assist the user with a variety of tasks using natural "
                         "language.")
 CHATML_DIRECT_SYSTEM = "Answer the questions."
-MPT_SYSTEM = "A conversation between a user and an LLM-based AI assistant. The assistant gives helpful and honest answers."
+MPT_SYSTEM = ("A conversation between a user and an LLM-based AI assistant. The assistant gives helpful and honest "
+              "answers.")
 
 # One message's text: "<image>\n" per image part, then the text parts joined (a plain string is one text part).
 _MESSAGE = """\

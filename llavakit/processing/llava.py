@@ -330,23 +330,35 @@ class LlavaProcessor:
                         **kwargs: Any) -> "LlavaProcessor":
         """Load from a folder or Hub repo in either layout (transformers 5, or the older llava-hf files).
 
-        kwargs override processor_config.json values (patch_size, vision_feature_select_strategy, ...).
+        As in transformers: `image_processor=` / `tokenizer=` instances replace the saved ones; keyword
+        arguments the processor takes (patch_size, vision_feature_select_strategy, ...) override
+        processor_config.json, any other (size=, do_normalize=, ...) the image processor's configuration.
+        `backend=` ("pil" or "torchvision") is accepted: llavakit computes what transformers' PIL backend does.
         """
         hub = dict(revision=revision, local_files_only=local_files_only, cache_dir=cache_dir, token=token,
                    subfolder=subfolder, force_download=force_download)
         drop_transformers_only_kwargs(kwargs)
+        image_processor, tokenizer = kwargs.pop("image_processor", None), kwargs.pop("tokenizer", None)
+        kwargs.pop("backend", None)
         processor_dict = read_processor_dict(path_or_repo_id, hub)
-        if not processor_dict and resolve_file(path_or_repo_id, "preprocessor_config.json", required=False,
-                                               **hub) is None:
+        if image_processor is None and not processor_dict and resolve_file(
+                path_or_repo_id, "preprocessor_config.json", required=False, **hub) is None:
             original = _original_processor(path_or_repo_id, hub, kwargs)
             if original is not None:
                 return original
-        image_config = load_image_processor_dict(path_or_repo_id, **hub)
-        from llavakit.processing.auto import IMAGE_PROCESSOR_CLASSES  # here: auto imports this module
-        named = IMAGE_PROCESSOR_CLASSES.get(image_config.get("image_processor_type"))  # e.g. SiglipImageProcessor
-        image_class = named if named and issubclass(named, cls.image_processor_class) else cls.image_processor_class
-        image_processor = image_class.from_dict(image_config)
-        tokenizer = AutoTokenizer.from_pretrained(path_or_repo_id, **hub)
+        video_processor = kwargs.pop("video_processor", None)
+        image_overrides = {k: kwargs.pop(k) for k in list(kwargs) if k not in cls.config_keys + ("chat_template",)}
+        if image_processor is None:
+            image_config = load_image_processor_dict(path_or_repo_id, **hub)
+            from llavakit.processing.auto import IMAGE_PROCESSOR_CLASSES  # here: auto imports this module
+            named = IMAGE_PROCESSOR_CLASSES.get(image_config.get("image_processor_type"))  # e.g. SiglipImageProcessor
+            image_class = named if named and issubclass(named, cls.image_processor_class) else cls.image_processor_class
+            image_processor = image_class.from_dict(image_config, **image_overrides)
+        elif image_overrides:
+            raise TypeError(f"{cls.__name__}.from_pretrained got image processor options {sorted(image_overrides)} "
+                            f"together with an image_processor instance: set them on the instance")
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(path_or_repo_id, **hub)
         template = processor_dict.get("chat_template")
         if template is None:
             template = load_processor_chat_template(path_or_repo_id, hub)
@@ -354,7 +366,8 @@ class LlavaProcessor:
             template = tokenizer.chat_template  # e.g. only tokenizer_config.json carries one
         init = {k: processor_dict[k] for k in cls.config_keys if k in processor_dict}
         if cls.video_processor_class is not None:
-            init["video_processor"] = load_video_processor(cls.video_processor_class, path_or_repo_id, hub)
+            init["video_processor"] = video_processor or load_video_processor(cls.video_processor_class,
+                                                                              path_or_repo_id, hub)
         init.update(kwargs)
         init.setdefault("chat_template", template)
         processor = cls(image_processor=image_processor, tokenizer=tokenizer, **init)

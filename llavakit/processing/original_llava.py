@@ -46,10 +46,10 @@ def model_name(path_or_repo_id: str | os.PathLike) -> str:
     return parts[-1]
 
 
-def uses_fast_tokenizer(data: dict[str, Any], name: str) -> bool:
-    """load_pretrained_model reads the tokenizer with use_fast left on only for 'mistral' model names
-    (llava_mistral checkpoints are named so); its 4.37 fast conversion always behaves as legacy=True."""
-    return "mistral" in name.lower() or data.get("model_type") == "llava_mistral"
+def uses_fast_tokenizer(name: str, is_lora: bool) -> bool:
+    """load_pretrained_model reads the tokenizer with use_fast left on only for 'mistral' model names (not for
+    -lora folders, whose base tokenizer it reads slow); 4.37's fast conversion always behaves as legacy=True."""
+    return "mistral" in name.lower() and not is_lora
 
 
 class OriginalTokenization:
@@ -185,13 +185,13 @@ def build_processor(path_or_repo_id: str | os.PathLike, data: dict[str, Any], *,
     source = original.tower_source(data, vision_tower)
     vision = original.vision_config_for(source, True, vision_tower is not None, hub)
     name = model_name(path_or_repo_id)
-    tokenizer_source = path_or_repo_id
-    if resolve_file(path_or_repo_id, "adapter_config.json", required=False, **hub) is not None:
-        tokenizer_source = original.lora_base(path_or_repo_id, hub, model_base)  # the original reads the base's
+    is_lora = resolve_file(path_or_repo_id, "adapter_config.json", required=False, **hub) is not None
+    # a -lora folder ships no tokenizer: the original reads the base model's
+    tokenizer_source = original.lora_base(path_or_repo_id, hub, model_base) if is_lora else path_or_repo_id
     # the model's image features go to the first id past the original vocabulary (config.json's vocab_size);
     # Qwen decoders (llava_qwen) carry more embedding rows than tokens, so `<image>` follows the tokenizer's
     vocab = data.get("vocab_size") if data.get("model_type") not in TYPE_TEMPLATES else None
-    tokenizer, legacy = original_tokenizer(tokenizer_source, hub, fast_path=uses_fast_tokenizer(data, name),
+    tokenizer, legacy = original_tokenizer(tokenizer_source, hub, fast_path=uses_fast_tokenizer(name, is_lora),
                                            image_token_index=vocab if isinstance(vocab, int) else None)
 
     image_config = tower_image_config(data, hub, vision_tower, vision.image_size)

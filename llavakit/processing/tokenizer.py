@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import threading
+import warnings
 from typing import Any, Iterable
 
 import numpy as np
@@ -514,9 +515,16 @@ class PreTrainedTokenizerFast:
 
     def batch_decode(self, sequences: Any, skip_special_tokens: bool = False,
                      clean_up_tokenization_spaces: bool | None = None, **kwargs: Any) -> list[str]:
+        """A batch of id sequences -> texts; an empty batch gives [] (transformers 5.24+)."""
+        if len(sequences) == 0:
+            return []
         out = self.decode(sequences, skip_special_tokens=skip_special_tokens,
                           clean_up_tokenization_spaces=clean_up_tokenization_spaces)
-        return [out] if isinstance(out, str) else out
+        if isinstance(out, str):
+            warnings.warn("Passing a single sequence to `batch_decode` is deprecated (transformers 5.24): use "
+                          "`decode` instead.", FutureWarning, stacklevel=2)
+            return [out]
+        return out
 
     def _decode_one(self, ids: list, skip_special_tokens: bool, clean_up: bool | None) -> str:
         if not all(isinstance(i, int) for i in ids):

@@ -138,3 +138,33 @@ def test_quantize_flag_nf4_matches_transformers_bitsandbytes(tiny_llava_dir, pho
     inputs = processor(images=Image.open(photos["chelsea"]), text=text, return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert printed == processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_beam_search_flags_print_transformers_beams(tiny_llava_dir, photos, capsys):
+    prompt = "Describe the picture."
+    assert main(["generate", "--model", str(tiny_llava_dir), "--image", str(photos["chelsea"]), "--prompt", prompt,
+                 "--max-new-tokens", "6", "--num-beams", "3", "--num-return-sequences", "2",
+                 "--length-penalty", "0.5", "--early-stopping", "never", "--no-repeat-ngram-size", "2"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+
+    processor = transformers.AutoProcessor.from_pretrained(tiny_llava_dir)
+    model = transformers.LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir)
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    inputs = processor(images=Image.open(photos["chelsea"]), text=text, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=6, num_beams=3, num_return_sequences=2, length_penalty=0.5,
+                         early_stopping="never", no_repeat_ngram_size=2)
+    expected = [f"[{i + 1}] " + processor.decode(row[inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+                for i, row in enumerate(out)]
+    assert printed == expected
+
+
+def test_prompt_lookup_flag_prints_the_greedy_answer(tiny_llava_dir, photos, capsys):
+    base = ["generate", "--model", str(tiny_llava_dir), "--image", str(photos["chelsea"]), "--max-new-tokens", "10",
+            "--no-stream"]
+    assert main(base) == 0
+    greedy = capsys.readouterr().out
+    assert main(base + ["--prompt-lookup-num-tokens", "3"]) == 0
+    assert capsys.readouterr().out == greedy
+    assert main(base + ["--assistant-model", str(tiny_llava_dir)]) == 0
+    assert capsys.readouterr().out == greedy

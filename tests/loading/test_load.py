@@ -145,6 +145,17 @@ def test_wrong_class_for_the_checkpoint(tiny_llava_dir):
         LlamaForCausalLM.from_pretrained(tiny_llava_dir)
 
 
+def test_hub_kernel_options_are_accepted_and_change_nothing(tiny_llava_dir):
+    """transformers 5.25 turns Hub kernels on by default (use_kernels); llavakit runs its own kernels."""
+    plain = LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir)
+    kernels = LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir, use_kernels=True, kernels_mode="inference",
+                                                            kernel_config=None)
+    off = LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir, use_kernels=False)
+    for model in (kernels, off):
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values()))
+        assert "use_kernels" not in model.config.to_dict()
+
+
 def test_unsupported_options_say_so(tiny_llava_dir):
     if not torch.cuda.is_available():  # flash_attention_2 is supported, given flash-attn and a GPU
         with pytest.raises(ImportError, match="flash_attention_2 needs the flash-attn package and a CUDA GPU"):

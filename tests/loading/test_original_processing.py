@@ -112,7 +112,7 @@ def v15(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def v16(tmp_path_factory):
-    """(reference with the original's tiling, llava-v1.6-mistral-7b folder, tower folder): safetensors, tokenizer.model."""
+    """(reference tiling the original's way, llava-v1.6-mistral-7b folder, tower): safetensors, tokenizer.model."""
     reference = tiny_next_reference("mistral", seed=12)
     root = tmp_path_factory.mktemp("v16")
     folder = write_next_original(root / "llava-v1.6-mistral-7b", reference, "mistral",

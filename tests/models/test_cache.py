@@ -54,9 +54,10 @@ def test_fixed_shape_mode_writes_at_the_index_and_returns_whole_buffers():
 
 def test_crop_reorder_load_and_to_dynamic():
     dynamic, static = filled_pair()
-    static.crop(5)
-    dynamic.crop(5)
-    assert static.get_seq_length() == 5 and torch.equal(static.key_cache[1], dynamic.key_cache[1])
+    length = static.get_seq_length()
+    static.crop(5 - length)  # a negative count of positions to drop, as transformers 5.24+ takes it
+    dynamic.crop(5 - length)
+    assert static.get_seq_length() == dynamic.get_seq_length() == 5 and torch.equal(static.key_cache[1], dynamic.key_cache[1])
     rows = torch.tensor([1])
     static.reorder_cache(rows)
     dynamic.reorder_cache(rows)
@@ -81,3 +82,30 @@ def test_overflow_and_batch_mismatch_are_clear_errors():
         StaticCache(0)
     with pytest.raises(ValueError, match="empty"):
         static.load(DynamicCache())
+
+
+def test_crop_takes_a_negative_count_as_transformers_does():
+    dynamic, static = filled_pair()
+    length = dynamic.get_seq_length()
+    for cache in (dynamic, static):
+        cache.crop(0)
+        assert cache.get_seq_length() == length  # no-op
+        cache.crop(-2)
+        assert cache.get_seq_length() == length - 2
+        with pytest.raises(ValueError, match=r"crop\(3\): pass a negative number"):
+            cache.crop(3)
+        cache.reset()
+        assert cache.get_seq_length() == 0
+    assert len(static.keys) == 2  # reset keeps the buffers
+
+
+def test_negative_crop_matches_transformers_dynamic_cache():
+    import transformers
+
+    ours, _ = filled_pair()
+    theirs = transformers.DynamicCache()
+    for i, (k, v) in enumerate(zip(ours.key_cache, ours.value_cache)):
+        theirs.update(k, v, i)
+    ours.crop(-3)
+    theirs.crop(-3)
+    assert ours.get_seq_length() == theirs.get_seq_length() == 4

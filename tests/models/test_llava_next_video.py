@@ -281,3 +281,25 @@ def test_placeholder_mismatches_are_clear_errors(pair):
         ours(input_ids=torch.tensor([prompt([1, ("video", 4)])]), pixel_values_videos=clip)
     with pytest.raises(ValueError, match=r"pixel_values_videos must be \(num_videos, frames, 3, H, W\)"):
         ours(input_ids=torch.tensor([prompt([1, ("video", 8)])]), pixel_values_videos=clip[0])
+
+
+def test_frames_of_the_wrong_shape_are_clear_errors(pair):
+    _, ours = pair
+    ids = torch.tensor([prompt([1, ("video", 8)])])
+    with pytest.raises(ValueError, match="0 frames"):
+        ours(input_ids=ids, pixel_values_videos=torch.randn(1, 0, 3, 28, 28))
+    with pytest.raises(ValueError, match=r"Input image size \(32\*32\) doesn't match model \(28\*28\)"):
+        ours(input_ids=ids, pixel_values_videos=torch.randn(1, 2, 3, 32, 32))
+    with torch.no_grad():  # an empty video batch is no video, as an empty image batch is no image
+        out = ours(input_ids=torch.tensor([[1, 400]]), pixel_values_videos=torch.randn(0, 2, 3, 28, 28))
+    assert out.video_outputs is None
+
+
+def test_bfloat16_matches_transformers(tiny_llava_next_video_dir):
+    hf = transformers.LlavaNextVideoForConditionalGeneration.from_pretrained(tiny_llava_next_video_dir,
+                                                                            dtype=torch.bfloat16).eval()
+    ours = LlavaNextVideoForConditionalGeneration.from_pretrained(tiny_llava_next_video_dir, dtype=torch.bfloat16)
+    clip = videos(1, frames=3).to(torch.bfloat16)
+    a, b = run_both(hf, ours, input_ids=torch.tensor([prompt([2, ("video", 12), 2])]), pixel_values_videos=clip)
+    assert b.logits.dtype == torch.bfloat16
+    assert_close(b.logits.float(), a.logits.float(), atol=1e-3)

@@ -183,7 +183,7 @@ def test_one_video_matches_transformers(pair):
     ids = torch.tensor([prompt([3, ("video", n), 5])])
     a, b = run_both(hf, ours, input_ids=ids, pixel_values_videos=clip)
     assert_close(b.logits, a.logits)
-    assert image_features(b) is None and b.video_outputs.pooler_output.shape == (1, n, 64)
+    assert b.image_outputs is None and b.video_outputs.pooler_output.shape == (1, n, 64)
     assert_close(video_features(b), video_features(a))
 
 
@@ -221,6 +221,26 @@ def test_loss_matches_transformers(pair):
     a, b = run_both(hf, ours, input_ids=ids, **inputs, pixel_values_videos=clip, labels=labels)
     assert b.loss.ndim == 0
     assert_close(b.loss, a.loss)
+
+
+def test_outputs_follow_the_transformers_5_25_layout(pair):
+    """`image_outputs` / `video_outputs` hold the tower outputs with the projected features as `pooler_output`;
+    `video_hidden_states` is a deprecated view of the video features; `return_dict=False` nests them."""
+    _, ours = pair
+    inputs = images([WIDE])
+    clip = videos(1, frames=2)
+    with torch.no_grad():
+        n = ours.get_image_features(inputs["pixel_values"], inputs["image_sizes"]).pooler_output[0].shape[0]
+        ids = torch.tensor([prompt([1, ("image", n), 2, ("video", 9)])])
+        out = ours(input_ids=ids, **inputs, pixel_values_videos=clip)
+        flat = ours(input_ids=ids, **inputs, pixel_values_videos=clip, return_dict=False)
+    assert type(out).__name__ == "LlavaOnevisionCausalLMOutputWithPast"
+    assert out.keys() == ["logits", "cache", "image_outputs", "video_outputs"]
+    assert isinstance(out.image_outputs.pooler_output, list) and out.image_outputs.pooler_output[0].shape == (n, 64)
+    assert out.video_outputs.last_hidden_state.shape == (2, 16, 32)  # the tower's output over both frames
+    with pytest.warns(FutureWarning, match="video_outputs.pooler_output"):
+        assert out.video_hidden_states is out.video_outputs.pooler_output
+    assert torch.equal(flat[0], out.logits) and torch.equal(flat[-1][1], out.video_outputs.pooler_output)
 
 
 def test_inputs_embeds_find_image_and_video_positions(pair):
@@ -401,3 +421,17 @@ def test_cache_argument_and_its_deprecated_name(pair):
             old = ours(input_ids=ids[:, -1:], past_key_values=first.cache,
                        position_ids=torch.tensor([[ids.shape[1] - 1]]))
     assert_close(old.logits, step.logits)
+
+
+def test_bfloat16_matches_transformers(tiny_llava_onevision_dir):
+    hf = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(tiny_llava_onevision_dir,
+                                                                            dtype=torch.bfloat16).eval()
+    ours = LlavaOnevisionForConditionalGeneration.from_pretrained(tiny_llava_onevision_dir, dtype=torch.bfloat16)
+    assert ours.image_newline.dtype == torch.bfloat16
+    inputs = images([SQUARE])
+    clip = videos(1, frames=2)
+    ids = torch.tensor([prompt([2, ("image", image_lengths(hf, inputs)[0]), ("video", video_length(hf, clip)), 2])])
+    inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
+    a, b = run_both(hf, ours, input_ids=ids, **inputs, pixel_values_videos=clip.to(torch.bfloat16))
+    assert b.logits.dtype == torch.bfloat16
+    assert_close(b.logits.float(), a.logits.float(), atol=1e-3)

@@ -1,5 +1,7 @@
 """Chat template rendering against transformers' renderer, and the built-in templates."""
 
+import dataclasses
+
 import jinja2
 import PIL.Image
 import pytest
@@ -8,6 +10,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 from llavakit.processing import chat_template as chat
 from llavakit.processing.templates import LLAVA, TEMPLATES
 from tests.assets import LLAVA_15_TEMPLATE
+from tests.reference import CHAT_MESSAGE_OBJECTS
 
 CONVERSATIONS = [
     [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown in this image?"}]},
@@ -123,6 +126,55 @@ def test_split_conversations():
         chat.split_conversations([])
     with pytest.raises(TypeError, match="must be dicts"):
         chat.split_conversations(["hello"])
+
+
+@dataclasses.dataclass
+class Block:
+    type: str
+    text: str
+
+
+@dataclasses.dataclass
+class Message:
+    role: str
+    content: list
+    name: str | None = None
+
+
+class PydanticLike:
+    """What the OpenAI SDK returns: an object with model_dump()."""
+
+    def __init__(self, **fields):
+        self.fields = fields
+
+    def model_dump(self):
+        return dict(self.fields)
+
+
+@dataclasses.dataclass
+class Chat:
+    messages: list
+
+
+def test_message_objects_render_like_dicts_as_transformers_renders_them(tokenizer_dir):
+    """transformers 5.24+: dataclasses, pydantic models and objects with `.messages` are chat input too."""
+    import transformers
+
+    from llavakit import AutoTokenizer
+
+    plain = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+             {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]}]
+    objects = [Message("user", [Block("text", "Hi")]),
+               PydanticLike(role="assistant", content=[{"type": "text", "text": "Hello"}], tool_calls=None)]
+    assert chat.split_conversations(objects) == chat.split_conversations(plain)
+    assert chat.split_conversations(Chat(objects)) == chat.split_conversations(plain)
+    assert chat.split_conversations([Chat(objects), plain])[1] is True
+    ours = AutoTokenizer.from_pretrained(tokenizer_dir)
+    expected = ours.apply_chat_template(plain, chat_template=LLAVA_15_TEMPLATE, tokenize=False)
+    assert ours.apply_chat_template(Chat(objects), chat_template=LLAVA_15_TEMPLATE, tokenize=False) == expected
+    if CHAT_MESSAGE_OBJECTS:
+        ref = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+        assert ref.apply_chat_template(Chat(objects), chat_template=LLAVA_15_TEMPLATE, tokenize=False) == expected
 
 
 def test_reasoning_aliases_and_template_variables():

@@ -256,6 +256,26 @@ def test_chat_template_by_name_and_errors(pair, photos):
 
 
 # ---- loading and saving ------------------------------------------------------------------------
+def test_from_pretrained_takes_components_and_image_options_like_transformers(tiny_llava_dir, images):
+    kwargs = dict(size={"shortest_edge": 42}, crop_size={"height": 42, "width": 42}, do_normalize=False)
+    ours = LlavaProcessor.from_pretrained(tiny_llava_dir, patch_size=7, **kwargs)
+    ref = hf_processor(tiny_llava_dir, patch_size=7, **kwargs)
+    assert ours.patch_size == 7 and ours.image_processor.size == {"shortest_edge": 42}
+    assert ours.image_processor.do_normalize is False
+    text = "USER: <image>\nWhat is this? ASSISTANT:"
+    got, expected = (p(images=images["chelsea"], text=text, return_tensors="pt") for p in (ours, ref))
+    assert got["pixel_values"].shape == (1, 3, 42, 42) and torch.equal(got["pixel_values"], expected["pixel_values"])
+    assert torch.equal(got["input_ids"], expected["input_ids"])  # (42 / 7)^2 = 36 image tokens
+    assert int((got["input_ids"] == ours.image_token_id).sum()) == 36
+
+    image_processor, tokenizer = ours.image_processor, ours.tokenizer
+    given = LlavaProcessor.from_pretrained(tiny_llava_dir, image_processor=image_processor, tokenizer=tokenizer,
+                                           backend="pil")
+    assert given.image_processor is image_processor and given.tokenizer is tokenizer
+    with pytest.raises(TypeError, match="image processor options \\['size'\\] together with an image_processor"):
+        LlavaProcessor.from_pretrained(tiny_llava_dir, image_processor=image_processor, size={"shortest_edge": 28})
+
+
 def test_save_and_reload(pair, images, tmp_path):
     ours, _ = pair
     ours.save_pretrained(tmp_path)

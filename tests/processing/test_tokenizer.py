@@ -10,6 +10,7 @@ import transformers
 
 from llavakit import AutoTokenizer, LlamaTokenizerFast, PreTrainedTokenizerFast
 from tests.assets import LLAVA_15_TEMPLATE
+from tests.reference import EMPTY_BATCH_DECODE
 
 STRINGS = [
     "Hello world", " leading space", "two  spaces", "new\nline\n\n", "emoji 😀🚀 and ünïcödé 漢字",
@@ -135,6 +136,15 @@ def test_decoding_matches(pair, skip_special_tokens, clean_up):
     assert ours.decode(torch.tensor(batch), **kwargs) == ref.decode(torch.tensor(batch), **kwargs)
     assert ours.decode(np.array(batch[0]), **kwargs) == ref.decode(np.array(batch[0]), **kwargs)
     assert ours.decode(batch[0][3], **kwargs) == ref.decode(batch[0][3], **kwargs)
+
+
+def test_batch_decode_of_an_empty_batch_and_of_one_sequence(pair):
+    ours, ref = pair
+    assert ours.batch_decode([]) == ours.batch_decode(torch.zeros(0, 3, dtype=torch.long)) == []
+    assert ref.batch_decode([]) == EMPTY_BATCH_DECODE  # [] from transformers 5.24 ([""] before)
+    ids = ref("a cat")["input_ids"]
+    with pytest.warns(FutureWarning, match="use `decode`"):
+        assert ours.batch_decode(ids) == [ref.decode(ids)]
 
 
 def test_decode_keeps_the_two_spaces_around_image_tokens(pair):

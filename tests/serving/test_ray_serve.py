@@ -81,6 +81,7 @@ def _image_message(path, text="What is in the image?"):
                                          {"type": "text", "text": text}]}]
 
 
+@pytest.mark.slow  # starts a local Ray with two model replicas: about a minute on 2 cores
 def test_answers_equal_generate_and_images_stick_to_a_replica(ray_server, reference, photos):
     client = openai.OpenAI(base_url=ray_server + "/v1", api_key="x", max_retries=0, timeout=120)
     home = {name: str(pick_replica(data_url(path), [0, 0])) for name, path in photos.items()}
@@ -95,6 +96,7 @@ def test_answers_equal_generate_and_images_stick_to_a_replica(ray_server, refere
     assert hits and float(hits[0].split()[-1]) >= 2  # the repeats reused that replica's cached features
 
 
+@pytest.mark.slow
 def test_streaming_errors_and_load_spreading_through_the_router(ray_server, reference):
     client = openai.OpenAI(base_url=ray_server + "/v1", api_key="x", max_retries=0, timeout=120)
     messages = [{"role": "user", "content": "Tell me a story"}]

@@ -173,3 +173,21 @@ def test_killed_rank_leaves_the_last_complete_checkpoint(setup, reference, tmp_p
     train(model, TrainingArguments(str(tmp_path / "crash"), per_device_train_batch_size=PER_RANK * WORLD,
                                    resume_from_checkpoint=True, **ARGS), *_data(model_dir, image_dir))
     _assert_same_weights(model.state_dict(), reference[1])
+
+
+def test_rank_shares_split_each_global_batch():
+    from llavakit.training.distributed import rank_share
+
+    assert [rank_share([5, 1, 4, 2], r, WORLD) for r in range(WORLD)] == [[5, 1], [4, 2]]
+    assert [rank_share([5, 1, 4], r, WORLD) for r in range(WORLD)] == [[5, 1], [4]]
+    assert [rank_share([7], r, WORLD) for r in range(WORLD)] == [[7], []]  # rank 1 computes a stand-in, weight 0
+
+
+def test_fsdp_on_mixed_modalities_asks_for_grouping(setup):
+    from llavakit.training.loop import _check_fsdp_modalities
+
+    dataset, _ = _data(*setup)
+    with pytest.raises(ValueError, match="needs --group-by-modality-length"):
+        _check_fsdp_modalities(dataset, TrainingArguments("unused", fsdp=True))
+    _check_fsdp_modalities(dataset, TrainingArguments("unused", fsdp=True, group_by_modality_length=True))
+    _check_fsdp_modalities(dataset, TrainingArguments("unused"))  # DDP finds the unused projector itself
