@@ -52,7 +52,7 @@ def resolve_host(host: str, port: int) -> list[str]:
     try:
         return sorted({info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
     except socket.gaierror as err:
-        raise APIError(400, f"cannot resolve image host {host!r}: {err}", "messages") from None
+        raise APIError(400, f"cannot resolve media host {host!r}: {err}", "messages") from None
 
 
 def is_forbidden_address(address: str) -> bool:
@@ -124,7 +124,7 @@ def _short(url: str) -> str:
 
 
 def _too_big(limits: MediaLimits) -> APIError:
-    return APIError(413, f"image is larger than the {limits.max_image_bytes} bytes allowed", "messages")
+    return APIError(413, f"the file is larger than the {limits.max_image_bytes} bytes allowed", "messages")
 
 
 def _data_url(url: str, limits: MediaLimits) -> bytes:
@@ -142,7 +142,7 @@ def _data_url(url: str, limits: MediaLimits) -> bytes:
 
 def _local_file(url: str, limits: MediaLimits) -> bytes:
     if limits.allowed_local_path is None:
-        raise APIError(400, "file:// image URLs are disabled; start the server with --allowed-local-media-path",
+        raise APIError(400, "file:// media URLs are disabled; start the server with --allowed-local-media-path",
                        "messages")
     path = os.path.realpath(urllib.parse.unquote(urllib.parse.urlparse(url).path))
     root = os.path.realpath(limits.allowed_local_path)
@@ -175,12 +175,12 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection):
 
 def _checked_address(parts: urllib.parse.SplitResult) -> tuple[str, int]:
     if not parts.hostname:
-        raise APIError(400, "image URL has no host", "messages")
+        raise APIError(400, "media URL has no host", "messages")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     addresses = resolve_host(parts.hostname, port)
     bad = [a for a in addresses if is_forbidden_address(a)]
     if not addresses or bad:
-        raise APIError(400, f"image host {parts.hostname!r} resolves to a non-public address {bad}; only public "
+        raise APIError(400, f"media host {parts.hostname!r} resolves to a non-public address {bad}; only public "
                        "addresses may be fetched", "messages")
     return addresses[0], port
 
@@ -189,7 +189,7 @@ def _fetch(url: str, limits: MediaLimits) -> bytes:
     for _ in range(limits.max_redirects + 1):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https"):
-            raise APIError(400, f"image redirect to {_short(url)} is not http(s)", "messages")
+            raise APIError(400, f"media redirect to {_short(url)} is not http(s)", "messages")
         address, port = _checked_address(parts)
         cls = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
         conn = cls(parts.hostname, address, port, limits.timeout)
@@ -201,13 +201,13 @@ def _fetch(url: str, limits: MediaLimits) -> bytes:
                 url = urllib.parse.urljoin(url, response.getheader("Location"))
                 continue
             if response.status != 200:
-                raise APIError(400, f"image URL {_short(url)} answered HTTP {response.status}", "messages")
+                raise APIError(400, f"media URL {_short(url)} answered HTTP {response.status}", "messages")
             data = response.read(limits.max_image_bytes + 1)
         except (OSError, http.client.HTTPException) as err:
-            raise APIError(400, f"cannot fetch image {_short(url)}: {err}", "messages") from None
+            raise APIError(400, f"cannot fetch {_short(url)}: {err}", "messages") from None
         finally:
             conn.close()
         if len(data) > limits.max_image_bytes:
             raise _too_big(limits)
         return data
-    raise APIError(400, f"image URL made more than {limits.max_redirects} redirects", "messages")
+    raise APIError(400, f"media URL made more than {limits.max_redirects} redirects", "messages")
