@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from llavakit.deprecation import RENAMED
 from llavakit.generation.config import _FIELD_NAMES, UNSUPPORTED_OPTIONS, GenerationConfig
 from llavakit.generation.engine import DecodeStep, bucketed, language_model
 from llavakit.generation.logits import (LogitsProcessorList, MinLengthLogitsProcessor,
@@ -147,7 +148,7 @@ class GenerationMixin:
         params = inspect.signature(self.forward).parameters
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             return
-        unknown = sorted(k for k in model_kwargs if k not in params)
+        unknown = sorted(k for k in model_kwargs if k not in params and k not in RENAMED)  # past_key_values: 5.23
         if unknown:
             raise ValueError(f"generate got arguments that are neither generation options nor inputs of "
                              f"{type(self).__name__}.forward: {unknown} (check for typos)")
