@@ -113,3 +113,16 @@ def comparable_stream(pieces: list[str]) -> list[str] | None:
     (words and letters at once, a newline's token kept as context), so the pieces themselves from 5.24 on.
     Before, nothing compares: 5.23 chunks otherwise and drops a leading space after each newline."""
     return list(pieces) if STREAMER_EMITS_WORDS else None
+
+
+def same_image_outputs(ours: Any, theirs: Any) -> bool:
+    """Whether llavakit's `image_outputs` has the layout of transformers' (from 5.24; True before, where
+    transformers returns none): the same keys, the same kept hidden states, the same last hidden state."""
+    if not IMAGE_OUTPUTS:
+        return True
+    a, b = ours.image_outputs, theirs.image_outputs
+    if a is None or b is None:
+        return a is None and b is None
+    return (a.keys() == list(b.keys())
+            and [s is None for s in a.hidden_states] == [s is None for s in b.hidden_states]
+            and torch.allclose(a.last_hidden_state, b.last_hidden_state, atol=1e-5, rtol=0))

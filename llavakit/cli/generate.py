@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     if args.early_stopping is not None:
         options["early_stopping"] = {"true": True, "false": False}.get(args.early_stopping, "never")
     if args.assistant_model is not None:
-        options["assistant_model"] = LlavaForConditionalGeneration.from_pretrained(
+        options["assistant_model"] = AutoModelForImageTextToText.from_pretrained(
             args.assistant_model, dtype=args.dtype, device_map=device)
     several = args.num_beams > 1 or args.num_return_sequences > 1  # printed once done, one answer per line
     if not main_rank:  # the other ranks compute their share of every step and print nothing

@@ -19,6 +19,11 @@ from llavakit.generation.logits import LogitsProcessorList
 from llavakit.generation.stopping import StoppingCriteriaList
 
 
+def truncate(cache, length: int) -> None:
+    """Keep the first `length` positions of `cache` (crop takes how many to drop, as a negative number)."""
+    cache.crop(length - cache.get_seq_length())
+
+
 class PromptLookupDrafter:
     """Drafts the tokens that followed the most recent earlier match of the sequence's last n-gram."""
 
@@ -62,7 +67,7 @@ class AssistantDrafter:
         common = 0
         while common < min(len(self.tokens), len(ids) - 1) and self.tokens[common] == ids[common]:
             common += 1
-        self.cache.crop(common)
+        truncate(self.cache, common)
         self.tokens = ids[:common]
         feed, draft = ids[common:], []
         device = self.model.device
@@ -168,7 +173,7 @@ def assisted_decoding(model: Any, assistant: Any, prompt: Any, model_kwargs: dic
             if done:
                 break
             logits = step_logits[accepted:accepted + 1]  # (1, V) after the accepted drafts
-            cache.crop(input_ids.shape[1])  # forget the rejected drafts
+            truncate(cache, input_ids.shape[1])  # forget the rejected drafts
     finally:
         if streamer is not None:
             streamer.end()

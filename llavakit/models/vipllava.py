@@ -84,7 +84,9 @@ class _VipLlavaImageMixin:
     def _features_for_merge(self, pixel_values: torch.Tensor, vision_feature_layer: list[int] | None,
                             vision_feature_select_strategy: str | None, output_hidden_states: bool | None,
                             output_attentions: bool | None) -> tuple[torch.Tensor, BaseModelOutputWithPooling]:
-        out = self._image_outputs(pixel_values, vision_feature_layer, None, output_hidden_states, output_attentions)
+        # transformers' ViP forward does not pass output_hidden_states / output_attentions to the vision tower:
+        # its image_outputs hold the selected layers only, whatever the decoder was asked for
+        out = self._image_outputs(pixel_values, vision_feature_layer, None)
         return out.pooler_output, out  # ViP keeps the (N, P, Ht) tensor in image_outputs
 
 

@@ -88,7 +88,7 @@ def assert_same_next_logits(hf, ours, batch: dict[str, torch.Tensor]) -> None:
 
 
 @pytest.fixture(scope="module")
-def hf_processor(tiny_llava_next_dir):
+def next_processor(tiny_llava_next_dir):
     return hf_processor(tiny_llava_next_dir)
 
 
@@ -140,15 +140,15 @@ def test_bad_grid_pinpoints(value):
 
 
 # ---- round trips ------------------------------------------------------------------------------------
-def test_vicuna_round_trip(vicuna, vicuna_dir, vicuna_tower, hf_processor, photos):
+def test_vicuna_round_trip(vicuna, vicuna_dir, vicuna_tower, next_processor, photos):
     ours = LlavaNextForConditionalGeneration.from_pretrained(vicuna_dir, vision_tower=vicuna_tower)
-    batch = next_inputs(hf_processor, photos)
+    batch = next_inputs(next_processor, photos)
     assert_same_next_logits(vicuna, ours, batch)
     expected = vicuna.generate(**batch, max_new_tokens=5, do_sample=False)
     assert ours.generate(**batch, max_new_tokens=5, do_sample=False).tolist() == expected.tolist()
 
 
-def test_mistral_round_trip_through_the_auto_class(tmp_path, hf_processor, photos):
+def test_mistral_round_trip_through_the_auto_class(tmp_path, next_processor, photos):
     reference = tiny_next_reference("mistral", seed=2)
     folder = write_next_original(tmp_path / "llava-v1.6-mistral-7b", reference, "mistral")
     cache = fake_hub_cache(tmp_path / "cache", write_tower(tmp_path / "tower", reference))
@@ -156,10 +156,10 @@ def test_mistral_round_trip_through_the_auto_class(tmp_path, hf_processor, photo
     assert type(ours) is LlavaNextForConditionalGeneration
     assert ours.config.text_config.model_type == "mistral"
     assert ours.config.text_config.rope_theta == MISTRAL_ROPE
-    assert_same_next_logits(reference, ours, next_inputs(hf_processor, photos))
+    assert_same_next_logits(reference, ours, next_inputs(next_processor, photos))
 
 
-def test_yi_34b_round_trip(tmp_path, hf_processor, photos):
+def test_yi_34b_round_trip(tmp_path, next_processor, photos):
     """llava-v1.6-34b: a llama-architecture decoder with 64000 tokens, so `<image>` is 64000."""
     reference = tiny_next_reference("llama", seed=3, old_vocab=YI_VOCAB)
     folder = write_next_original(tmp_path / "llava-v1.6-34b", reference, old_vocab=YI_VOCAB,
@@ -167,7 +167,7 @@ def test_yi_34b_round_trip(tmp_path, hf_processor, photos):
     tower = write_tower(tmp_path / "tower", reference)
     ours = LlavaNextForConditionalGeneration.from_pretrained(folder, vision_tower=tower)
     assert ours.config.image_token_index == YI_VOCAB and ours.config.text_config.vocab_size == 64064
-    assert_same_next_logits(reference, ours, next_inputs(hf_processor, photos, image_token=YI_VOCAB))
+    assert_same_next_logits(reference, ours, next_inputs(next_processor, photos, image_token=YI_VOCAB))
 
 
 # ---- errors -----------------------------------------------------------------------------------------

@@ -162,6 +162,11 @@ def assert_same_logits(reference, ours, inputs: dict) -> None:
 
 # ---- OneVision ------------------------------------------------------------------------------------------
 
+def swapped(pinpoints: list[list[int]]) -> list[list[int]]:
+    """An original config's pinpoints as llavakit holds them: the original code reads each pair as (width,
+    height), so a directly loaded original tiles as the original does (see loading/original.py)."""
+    return [[w, h] for h, w in pinpoints]
+
 def test_onevision_original_is_detected_and_configured(onevision):
     reference, tower, path = onevision
     data = json.loads((path / "config.json").read_text())
@@ -171,7 +176,7 @@ def test_onevision_original_is_detected_and_configured(onevision):
     assert config.vision_config.num_hidden_layers == 3 and config.vision_config.vision_use_head is False
     assert (config.vision_feature_layer, config.vision_feature_select_strategy) == (-1, "full")
     assert (config.image_token_index, config.video_token_index) == (OLD_VOCAB, OLD_VOCAB + 1)
-    assert config.vision_aspect_ratio == "anyres_max_4" and config.image_grid_pinpoints == assets.ONEVISION_PINPOINTS
+    assert config.vision_aspect_ratio == "anyres_max_4" and config.image_grid_pinpoints == swapped(assets.ONEVISION_PINPOINTS)
     assert config.text_config.model_type == "qwen2" and config.text_config.rope_theta == QWEN_ROPE
     assert config.tie_word_embeddings and model.get_output_embeddings().weight is model.get_input_embeddings().weight
     assert config.text_config.vocab_size == reference.config.text_config.vocab_size == 32064
@@ -213,7 +218,7 @@ def test_next_video_original_is_detected_and_configured(next_video):
     config = model.config
     assert (config.video_token_index, config.image_token_index, config.pad_token_id) == (32000, 32001, 32002)
     assert (config.spatial_pool_mode, config.spatial_pool_stride) == ("average", 2)
-    assert config.text_config.vocab_size == 32064 and config.image_grid_pinpoints == assets.NEXT_PINPOINTS
+    assert config.text_config.vocab_size == 32064 and config.image_grid_pinpoints == swapped(assets.NEXT_PINPOINTS)
 
 
 def test_next_video_original_gives_the_converted_logits(next_video):

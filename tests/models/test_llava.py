@@ -12,7 +12,7 @@ from llavakit.models.llava import LlavaForConditionalGeneration, LlavaModel
 from llavakit.models.outputs import LlavaCausalLMOutputWithPast
 from tests import assets
 from tests.parity import assert_close, image_prompt, left_pad, random_pixels, run_both
-from tests.reference import image_features, newest_keys, tuple_image_features
+from tests.reference import image_features, newest_keys, same_image_outputs, tuple_image_features
 
 IMAGE, PAD = 32000, 32001
 N_TOKENS = assets.IMAGE_TOKENS  # 16 per image with the "default" strategy
@@ -62,6 +62,8 @@ def test_one_prompt_matches_transformers(pair, n_images):
     assert image_features(b).shape == (n_images * N_TOKENS, 64)
     assert_close(image_features(b), image_features(a))
     assert [f.shape for f in b.image_outputs.pooler_output] == [(N_TOKENS, 64)] * n_images
+    assert same_image_outputs(b, a)  # output_hidden_states=True: every tower layer kept, as transformers does
+    assert all(state is not None for state in b.image_outputs.hidden_states)
     for x, y in zip(b.hidden_states, a.hidden_states, strict=True):
         assert_close(x, y)
 

@@ -15,7 +15,7 @@ from llavakit.models.outputs import LlavaCausalLMOutputWithPast
 from llavakit.models.vipllava import VipLlavaForConditionalGeneration, VipLlavaModel, VipLlavaMultiModalProjector
 from tests import assets
 from tests.parity import assert_close, image_prompt, left_pad, random_pixels, run_both
-from tests.reference import hf_processor, image_features, tuple_image_features
+from tests.reference import hf_processor, image_features, same_image_outputs, tuple_image_features
 
 IMAGE, PAD = 32000, 32001
 N_TOKENS = assets.IMAGE_TOKENS  # 16 per image, CLS always dropped
@@ -75,6 +75,8 @@ def test_logits_and_image_features_match_transformers(pair, n_images):
     assert_close(b.logits, a.logits)
     assert b.image_outputs.pooler_output.shape == (n_images, N_TOKENS, 64)  # one tensor, unlike LLaVA's list
     assert_close(image_features(b), image_features(a))
+    assert same_image_outputs(b, a)  # ViP keeps only its five layers even with output_hidden_states=True
+    assert sum(state is not None for state in b.image_outputs.hidden_states) == 4  # 5 layers, -11 and 0 the same
     for x, y in zip(b.hidden_states, a.hidden_states, strict=True):
         assert_close(x, y)
     with torch.no_grad():
