@@ -79,7 +79,7 @@ def _convert(src: str | os.PathLike, dst: Path, *, vision_tower: str | None, tok
     if allow_pickle:
         options["use_safetensors"] = False
     model = model_class.from_pretrained(src, **options)
-    if kind == "llava_next" and data.get("image_grid_pinpoints") is not None:
+    if hasattr(model.config, "image_grid_pinpoints") and data.get("image_grid_pinpoints") is not None:
         # llava-hf configs carry the list as written (read as height, width), as transformers' converter
         # writes it; loaded directly, the original checkpoint tiles as the original code (see original.py)
         model.config.image_grid_pinpoints = original.written_pinpoints(data["image_grid_pinpoints"],
