@@ -59,7 +59,8 @@ def _folder_rows(folder: Path) -> list[dict[str, Any]]:
     suffixes = IMAGE_SUFFIXES + VIDEO_SUFFIXES
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
-        raise ValueError(f"batch input folder {folder} has no image or video files ({', '.join(suffixes)})")
+        raise ValueError(f"batch input folder {folder} has no image files ({', '.join(IMAGE_SUFFIXES)}) and no "
+                         f"video files ({', '.join(VIDEO_SUFFIXES)})")
     return [{"id": p.relative_to(folder).as_posix(), "prompt": None,
              **({"images": [], "videos": [str(p)]} if p.suffix.lower() in VIDEO_SUFFIXES else {"images": [str(p)]})}
             for p in files]
