@@ -189,9 +189,11 @@ def encode_sample(processor: Any, messages: list[dict[str, Any]], images: list[A
     media_ids = {processor.image_token_id, getattr(processor, "video_token_id", None)} - {None}
     labels = [t if m and t not in media_ids else IGNORE_INDEX for t, m in zip(ids, mask)]
     if max_length is not None and len(ids) > max_length:
-        if media_ids & set(ids[max_length:]):
-            raise SkipSample(f"{len(ids)} tokens (image/video tokens included) > max_length={max_length}, and "
-                             f"truncating would cut image or video tokens")
+        cut = media_ids & set(ids[max_length:])
+        if cut:
+            kind = "image" if processor.image_token_id in cut else "video"
+            raise SkipSample(f"{len(ids)} tokens ({kind} tokens included) > max_length={max_length}, and truncating "
+                             f"would cut {kind} tokens")
         ids, labels = ids[:max_length], labels[:max_length]
     if all(label == IGNORE_INDEX for label in labels):
         raise SkipSample(f"no assistant token left to learn (max_length={max_length}, {len(ids)} tokens)")

@@ -88,3 +88,26 @@ def test_training_on_videos_lowers_loss_and_saves(tiny_llava_onevision_dir, proc
     loaded = LlavaOnevisionForConditionalGeneration.from_pretrained(tmp_path / "saved").eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, after_out.logits)
+
+
+def test_cli_train_on_video_records(tiny_llava_onevision_dir, onevision_processor_dir, clip_folder, tmp_path):
+    import json
+
+    from llavakit.cli.main import main
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for source in (tiny_llava_onevision_dir, onevision_processor_dir):
+        for path in source.iterdir():
+            shutil.copy(path, model_dir / path.name)
+    (tmp_path / "data.json").write_text(json.dumps([video_record(i) for i in range(3)]))
+    out = tmp_path / "out"
+    assert main(["train", "--model", str(model_dir), "--data", str(tmp_path / "data.json"), "--image-folder",
+                 str(clip_folder), "--output-dir", str(out), "--stage", "stage2", "--num-frames", "2",
+                 "--max-steps", "2", "--batch-size", "2", "--logging-steps", "1", "--quiet"]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log if "loss" in r)
+    assert any("loss" in r for r in log)
+    trained = LlavaOnevisionForConditionalGeneration.from_pretrained(out)
+    base = LlavaOnevisionForConditionalGeneration.from_pretrained(tiny_llava_onevision_dir)
+    assert not torch.equal(trained.multi_modal_projector.linear_1.weight, base.multi_modal_projector.linear_1.weight)
