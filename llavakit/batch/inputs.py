@@ -1,8 +1,9 @@
 """Read batch-job rows from a folder of images, a JSONL / CSV / Parquet table or a LLaVA-format JSON file.
 
-Every row becomes {"id": str, "images": [source, ...], "prompt": str | None}. Local image paths are made
-absolute (relative to --image-folder, else to the input file's folder) so any worker can open them;
-URLs (http, https, data:) are kept as they are. A row without a prompt gets the job's --prompt.
+Every row becomes {"id": str, "images": [source, ...], "prompt": str | None}, plus "videos": [source, ...]
+when it has a `video` / `videos` column (for video models). Local image and video paths are made absolute
+(relative to --image-folder, else to the input file's folder) so any worker can open them; URLs (http, https,
+data:) are kept as they are. A row without a prompt gets the job's --prompt.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 IMAGE_COLUMNS = ("image", "images", "image_path", "image_url", "path", "url")  # first one present wins
+VIDEO_COLUMNS = ("video", "videos", "video_path", "video_url")  # first one present wins
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 PROMPT_COLUMNS = ("prompt", "question")
 URL_PREFIXES = ("http://", "https://", "data:")
 
@@ -45,16 +48,22 @@ def read_rows(path: str | os.PathLike, image_folder: str | os.PathLike | None = 
         rows = [_table_row(r, i, path) for i, r in enumerate(records)]
     for row in rows:
         row["images"] = [_resolve(s, base) for s in row["images"]]
+        if "videos" in row:
+            row["videos"] = [_resolve(s, base) for s in row["videos"]]
     _check_unique(rows, path)
     return rows
 
 
 def _folder_rows(folder: Path) -> list[dict[str, Any]]:
-    """Every image file under the folder (sorted), its id the path relative to the folder."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """Every image or video file under the folder (sorted), its id the path relative to the folder."""
+    suffixes = IMAGE_SUFFIXES + VIDEO_SUFFIXES
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
-        raise ValueError(f"batch input folder {folder} has no image files ({', '.join(IMAGE_SUFFIXES)})")
-    return [{"id": p.relative_to(folder).as_posix(), "images": [str(p)], "prompt": None} for p in files]
+        raise ValueError(f"batch input folder {folder} has no image files ({', '.join(IMAGE_SUFFIXES)}) and no "
+                         f"video files ({', '.join(VIDEO_SUFFIXES)})")
+    return [{"id": p.relative_to(folder).as_posix(), "prompt": None,
+             **({"images": [], "videos": [str(p)]} if p.suffix.lower() in VIDEO_SUFFIXES else {"images": [str(p)]})}
+            for p in files]
 
 
 def _jsonl_records(path: Path) -> list[dict[str, Any]]:
@@ -96,27 +105,38 @@ def _llava_records(path: Path) -> list[dict[str, Any]]:
         human = next((t for t in sample["conversations"] if isinstance(t, dict) and t.get("from") == "human"), None)
         if human is None or not isinstance(human.get("value"), str):
             raise ValueError(f"{path} sample {i} has no human turn with a text 'value'")
-        records.append({"id": sample.get("id"), "image": sample.get("image"),
+        records.append({"id": sample.get("id"), "image": sample.get("image"), "video": sample.get("video"),
                         "prompt": _strip_image_tags(human["value"])})
     return records
 
 
 def _strip_image_tags(text: str) -> str:
-    """The human turn without its <image> placeholders: the chat template places the images itself."""
-    return "\n".join(line for line in text.replace("<image>", "\n").split("\n") if line.strip()).strip()
+    """The human turn without its <image> / <video> placeholders: the chat template places the media itself."""
+    text = text.replace("<image>", "\n").replace("<video>", "\n")
+    return "\n".join(line for line in text.split("\n") if line.strip()).strip()
 
 
 def _table_row(record: dict[str, Any], index: int, source: Path) -> dict[str, Any]:
-    column = next((c for c in IMAGE_COLUMNS if record.get(c) is not None), None)
-    images = record[column] if column else []
-    images = [images] if isinstance(images, str) else images
-    if not isinstance(images, (list, tuple)) or not all(isinstance(s, str) for s in images):
-        raise ValueError(f"{source} row {index}: the '{column}' column must be a path/URL string or a list of them")
+    images = _sources(record, IMAGE_COLUMNS, index, source)
+    videos = _sources(record, VIDEO_COLUMNS, index, source)
     prompt = next((record[c] for c in PROMPT_COLUMNS if record.get(c) is not None), None)
     if prompt is not None and not isinstance(prompt, str):
         raise ValueError(f"{source} row {index}: the prompt must be a string, got {type(prompt).__name__}")
     row_id = record.get("id")
-    return {"id": str(row_id) if row_id is not None else str(index), "images": list(images), "prompt": prompt}
+    row = {"id": str(row_id) if row_id is not None else str(index), "images": images, "prompt": prompt}
+    if videos:
+        row["videos"] = videos
+    return row
+
+
+def _sources(record: dict[str, Any], columns: tuple[str, ...], index: int, source: Path) -> list[str]:
+    """The path/URL list of the first of `columns` present in the record ([] when none is)."""
+    column = next((c for c in columns if record.get(c) is not None), None)
+    items = record[column] if column else []
+    items = [items] if isinstance(items, str) else items
+    if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) for s in items):
+        raise ValueError(f"{source} row {index}: the '{column}' column must be a path/URL string or a list of them")
+    return list(items)
 
 
 def _resolve(source: str, base: Path) -> str:

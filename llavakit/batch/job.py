@@ -51,17 +51,22 @@ def run_job(model: str, input_path: str, output_path: str, *, prompt: str | None
             image_folder: str | None = None, dtype: str = "auto", device: str | None = None,
             ray_address: str | None = None, use_ray: bool = False, num_replicas: int = 1,
             gpus_per_replica: float = 0.0, cpus_per_replica: float = 1.0, progress: bool = True,
-            tensor_parallel: bool = False, json_schema: dict | None = None) -> JobSummary:
+            tensor_parallel: bool = False, json_schema: dict | None = None,
+            num_frames: int | None = None) -> JobSummary:
     """Answer every row of `input_path` not yet in `output_path`, appending one JSON line per row.
 
     `tensor_parallel`: this process is one rank of a torchrun group sharing one model; every rank runs the
     same batches, and rank 0 alone reads and writes the results file and shows progress.
     `json_schema`: constrain every answer to this JSON schema; each result also gets the parsed "json".
+    `num_frames`: frames sampled evenly from each row's video (video models only; default DEFAULT_NUM_FRAMES).
     """
-    from llavakit.batch.runner import DEFAULT_PROMPT
+    from llavakit.batch.runner import DEFAULT_NUM_FRAMES, DEFAULT_PROMPT
 
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    num_frames = DEFAULT_NUM_FRAMES if num_frames is None else num_frames
+    if num_frames < 1:
+        raise ValueError(f"--num-frames must be >= 1, got {num_frames}")
     if Path(output_path).resolve() == Path(input_path).resolve():
         raise ValueError("--output must not be the input file")
     if tensor_parallel and use_ray:
@@ -83,7 +88,8 @@ def run_job(model: str, input_path: str, output_path: str, *, prompt: str | None
     skipped = len(rows) - len(todo)
     engine_kwargs: dict[str, Any] = dict(model=model, prompt=prompt or DEFAULT_PROMPT, chat_template=chat_template,
                                          max_new_tokens=max_new_tokens, dtype=dtype, device=device,
-                                         tensor_parallel=tensor_parallel, json_schema=json_schema)
+                                         tensor_parallel=tensor_parallel, json_schema=json_schema,
+                                         num_frames=num_frames)
     bar = Progress(len(todo), disabled=not (progress and main_rank))
     if skipped:
         bar.note(f"resuming: {skipped} of {len(rows)} rows are already in {output_path}")

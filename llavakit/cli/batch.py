@@ -1,7 +1,7 @@
 """`llavakit batch --model MODEL --input PATH --output results.jsonl`: answer a whole dataset, resumably.
 
-The input is a folder of images, a JSONL / CSV / Parquet table (image paths or URLs, optional id and
-prompt columns) or a LLaVA-format JSON. Each row becomes one JSON line in the output, written as soon as
+The input is a folder of images (or videos), a JSONL / CSV / Parquet table (image paths or URLs, optional
+video, id and prompt columns) or a LLaVA-format JSON. Videos (video models only) are sampled to --num-frames. Each row becomes one JSON line in the output, written as soon as
 its batch finishes; rerunning with the same output skips the rows already there. --ray runs the same
 job on Ray Data (`--ray local`, `--ray auto`, `--ray ray://head:10001`, or bare `--ray` for RAY_ADDRESS).
 """
@@ -19,8 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "greedy decoding, appending JSON lines that a rerun resumes from.")
     add_model_argument(p, positional=True)
     p.add_argument("--input", required=True,
-                   help="folder of images, .jsonl / .csv / .parquet (columns: image, optional id and prompt) or "
-                        "a LLaVA-format .json")
+                   help="folder of images or videos, .jsonl / .csv / .parquet (columns: image and/or video, "
+                        "optional id and prompt) or a LLaVA-format .json")
     p.add_argument("--output", required=True, help="results .jsonl (appended to; a rerun skips rows already there)")
     p.add_argument("--prompt", default=None,
                    help="prompt for rows without their own (default: 'What is in the image?')")
@@ -29,6 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="rows per generate call (per replica on Ray)")
     p.add_argument("--image-folder", default=None,
                    help="folder that relative image paths start from (default: the input file's folder)")
+    p.add_argument("--num-frames", type=int, default=8,
+                   help="frames sampled evenly from each video (video models: OneVision, NeXT-Video)")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype, device=args.device, use_ray=args.ray is not None, ray_address=args.ray or None,
         num_replicas=args.num_replicas, gpus_per_replica=args.gpus_per_replica,
         cpus_per_replica=args.cpus_per_replica, progress=not args.no_progress, tensor_parallel=tp > 1,
-        json_schema=schema)
+        json_schema=schema, num_frames=args.num_frames)
     return 0 if summary.written == 0 or summary.errors < summary.written else 1
 
 

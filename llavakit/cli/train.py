@@ -39,6 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (matrices only)")
     p.add_argument("--warmup-ratio", type=float, default=0.03, help="fraction of steps with linear warm-up")
     p.add_argument("--max-length", type=int, default=2048, help="tokens per sample, image tokens included")
+    p.add_argument("--num-frames", type=int, default=8,
+                   help="frames sampled evenly from each video of LLaVA-Video records ({video, conversations}); "
+                        "video models only")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
     p.add_argument("--group-by-modality-length", action="store_true",
@@ -159,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     if pad is None:
         raise ValueError("the tokenizer has no pad token; set one (e.g. tokenizer.pad_token = tokenizer.eos_token)")
     if args.task == "generation":
+        options["num_frames"] = args.num_frames
         train_set, collate = SupervisedDataset(records, processor, **options), Collator(pad)
         eval_set = SupervisedDataset(eval_records, processor, **options) if eval_records else None
     else:

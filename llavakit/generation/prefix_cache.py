@@ -113,22 +113,26 @@ class PrefixCache:
             self.clear()
             self._state = state
 
-    def lookup(self, ids: torch.Tensor, images: str | None, image_token: int | None) -> tuple[int, DynamicCache | None]:
+    def lookup(self, ids: torch.Tensor, images: str | None, image_token: int | tuple[int, ...] | None
+               ) -> tuple[int, DynamicCache | None]:
         """The longest reusable prefix of `ids` (T,) and a fresh cache holding it, or (0, None).
 
         At least one token is left to prefill. The prefix may cover image tokens only when the earlier call had
         the same images (same key) and no image token is left for the suffix; otherwise it stops before the
-        first image token, so the suffix carries all images and the model sees them whole.
+        first image token, so the suffix carries all images and the model sees them whole. `image_token` may be
+        several placeholder ids (image and video): "images" then means all media, keyed together.
         """
         best, best_len = None, 0
         ids = ids.cpu()
-        image_at = (ids == image_token).nonzero() if image_token is not None else ids[:0]
+        tokens = [] if image_token is None else [image_token] if isinstance(image_token, int) else list(image_token)
+        is_media = torch.isin(ids, torch.tensor(tokens, dtype=ids.dtype))  # (T,)
+        image_at = is_media.nonzero()
         first_image = int(image_at[0]) if len(image_at) else len(ids)
         for entry in self._entries:
             n = min(len(entry.ids), len(ids) - 1)
             differ = (entry.ids[:n] != ids[:n]).nonzero()
             length = int(differ[0]) if len(differ) else n
-            if length > first_image and (entry.images != images or bool((ids[length:] == image_token).any())):
+            if length > first_image and (entry.images != images or bool(is_media[length:].any())):
                 length = first_image
             if length > best_len:
                 best, best_len = entry, length

@@ -88,9 +88,11 @@ class _Prompt:
     length: int  # T_prompt: positions the prefill runs
 
 
-# Model inputs that only concern the images: the prefix cache handles them; any other model input bypasses it.
-IMAGE_KWARGS = ("pixel_values", "image_sizes", "vision_feature_layer", "vision_feature_layers",
-                "vision_feature_select_strategy")
+# Model inputs that only concern the images and videos: the prefix cache handles them (keyed by their content);
+# any other model input bypasses it. The tensors come first, then the vision settings that shape the features.
+IMAGE_KWARGS = ("pixel_values", "image_sizes", "batch_num_images", "pixel_values_videos", "vision_feature_layer",
+                "vision_feature_layers", "vision_feature_select_strategy")
+MEDIA_TENSORS = IMAGE_KWARGS[:4]  # batch_num_images: OneVision's images per prompt, which shapes their features
 
 
 @dataclasses.dataclass
@@ -420,44 +422,60 @@ class GenerationMixin:
             return None
         store.check_state(tuple((p.data_ptr(), p._version) for p in self.parameters()))
         images = None
-        if model_kwargs.get("pixel_values") is not None:
-            settings = [(k, model_kwargs.get(k), getattr(self.config, k, None)) for k in IMAGE_KWARGS[2:]]
-            images = content_key(type(self).__name__, model_kwargs["pixel_values"], model_kwargs.get("image_sizes"),
-                                 settings)
-        _, cache = store.lookup(ids[0], images, getattr(self.config, "image_token_index", None))
+        if any(model_kwargs.get(k) is not None for k in ("pixel_values", "pixel_values_videos")):
+            settings = [(k, model_kwargs.get(k), getattr(self.config, k, None))
+                        for k in IMAGE_KWARGS[len(MEDIA_TENSORS):]]
+            images = content_key(type(self).__name__, *(model_kwargs.get(k) for k in MEDIA_TENSORS), settings)
+        _, cache = store.lookup(ids[0], images, self._media_tokens())
         return _Reuse(store, images, cache)
 
+    def _media_tokens(self) -> tuple[int, ...]:
+        """The placeholder ids whose positions take vision features: <image>, and <video> for video models."""
+        return tuple(t for t in (getattr(self.config, "image_token_index", None),
+                                 getattr(self.config, "video_token_index", None)) if t is not None)
+
+    def _media(self) -> list[tuple[str, str, int]]:
+        """(pixel input, output field, placeholder id) of each kind of media this model reads."""
+        kinds = [("pixel_values", "image_outputs", getattr(self.config, "image_token_index", None)),
+                 ("pixel_values_videos", "video_outputs", getattr(self.config, "video_token_index", None))]
+        return [kind for kind in kinds if kind[2] is not None]
+
     def _cached_image_inputs(self, inputs: dict[str, Any], reuse: _Reuse, prompt_ids: torch.Tensor) -> dict[str, Any]:
-        """The prefill inputs with the images handled: dropped when the reused prefix holds all their tokens,
-        or written into `inputs_embeds` from the feature cache (exactly as the model's merge would)."""
-        image_token = getattr(self.config, "image_token_index", None)
-        if image_token is None or "pixel_values" not in inputs:
+        """The prefill inputs with the images and videos handled: dropped when the reused prefix holds all their
+        tokens, or written into `inputs_embeds` from the feature cache (exactly as the model's merge would)."""
+        media = [(key, field, token) for key, field, token in self._media() if inputs.get(key) is not None]
+        if not media:
             return inputs
         ids = inputs["input_ids"]  # (1, T_suffix)
-        is_image = ids == image_token  # (1, T_suffix)
         no_images = {k: v for k, v in inputs.items() if k not in IMAGE_KWARGS}
-        if not bool(is_image.any()):
+        placed = [(ids == token, field) for _, field, token in media]  # each (1, T_suffix)
+        if not any(bool(mask.any()) for mask, _ in placed):
             reused = prompt_ids[:, :prompt_ids.shape[1] - ids.shape[1]]  # (1, T_prefix)
-            # all image tokens lie in the reused prefix; with none at all, the model reports the mismatch
-            return no_images if bool((reused == image_token).any()) else inputs
-        features = reuse.store.features.get(reuse.images)
+            # all media tokens lie in the reused prefix; with none at all, the model reports the mismatch
+            return no_images if any(bool((reused == token).any()) for _, _, token in media) else inputs
         embed = self.get_input_embeddings()
-        if (features is None or int(is_image.sum()) != features.shape[0]
-                or int(ids.min()) < 0 or int(ids.max()) >= embed.num_embeddings):
-            return inputs  # the model computes the features (and reports a mismatch)
+        if int(ids.min()) < 0 or int(ids.max()) >= embed.num_embeddings:
+            return inputs  # the model reports the bad ids
         embeds = embed(ids)  # (1, T_suffix, H)
-        features = features.to(embeds.device, embeds.dtype)  # (N_image_tokens, H)
-        no_images["inputs_embeds"] = embeds.masked_scatter(is_image[..., None], features)
+        for mask, field in placed:
+            features = reuse.store.features.get((reuse.images, field))
+            if features is None or int(mask.sum()) != features.shape[0]:
+                return inputs  # the model computes the features (and reports a mismatch)
+            features = features.to(embeds.device, embeds.dtype)  # (N_tokens, H)
+            embeds = embeds.masked_scatter(mask[..., None], features)
+        no_images["inputs_embeds"] = embeds
         del no_images["input_ids"]
         return no_images
 
-    @staticmethod
-    def _remember_features(reuse: _Reuse | None, inputs: dict[str, Any], outputs: Any) -> None:
-        """After a prefill that encoded the images, keep their features (total_image_tokens, H) by content key."""
-        features = merged_features(getattr(outputs, "image_outputs", None))
-        if reuse is None or reuse.images is None or inputs.get("pixel_values") is None or features is None:
+    def _remember_features(self, reuse: _Reuse | None, inputs: dict[str, Any], outputs: Any) -> None:
+        """After a prefill that encoded the images or videos, keep each kind's features (total_tokens, H) by
+        content key."""
+        if reuse is None or reuse.images is None:
             return
-        reuse.store.features.put(reuse.images, features.reshape(-1, features.shape[-1]))
+        for key, field, _ in self._media():
+            features = merged_features(getattr(outputs, field, None))
+            if inputs.get(key) is not None and features is not None:
+                reuse.store.features.put((reuse.images, field), features.reshape(-1, features.shape[-1]))
 
     # ---- the loop --------------------------------------------------------------------------------
     def _decode(self, prompt: _Prompt, model_kwargs: dict[str, Any], config: GenerationConfig,

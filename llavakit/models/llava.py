@@ -27,6 +27,16 @@ from llavakit.models.qwen2 import Qwen2ForCausalLM, Qwen2Model
 from llavakit.models.siglip import SiglipVisionModel
 
 SELECT_STRATEGIES = ("default", "full")
+VIDEO_FAMILIES = "LLaVA-OneVision (LlavaOnevisionForConditionalGeneration) and LLaVA-NeXT-Video " \
+                 "(LlavaNextVideoForConditionalGeneration)"
+
+
+def reject_videos(model: nn.Module, pixel_values_videos: torch.Tensor | None) -> None:
+    """Raise a ValueError when a video reaches a family that has no video path (instead of a TypeError)."""
+    if pixel_values_videos is not None:
+        raise ValueError(f"{type(model).__name__} ({model.config.model_type}) does not take videos "
+                         f"(got pixel_values_videos); only {VIDEO_FAMILIES} do. Give frames as images instead, "
+                         f"or use a video model")
 
 
 class LlavaMultiModalProjector(nn.Module):
@@ -191,9 +201,11 @@ class LlavaModel(_LlavaImageMixin, PreTrainedModel):
                 vision_feature_select_strategy: str | None = None, use_cache: bool | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, cache_position: torch.Tensor | None = None,
-                image_sizes: torch.Tensor | None = None) -> LlavaModelOutputWithPast | tuple:
+                image_sizes: torch.Tensor | None = None, *,
+                pixel_values_videos: torch.Tensor | None = None) -> LlavaModelOutputWithPast | tuple:
         """Merge image features into the embeddings and run the decoder. `cache_position` and
-        `image_sizes` are accepted for compatibility and ignored."""
+        `image_sizes` are accepted for compatibility and ignored; a video is a ValueError."""
+        reject_videos(self, pixel_values_videos)
         embeds, image_outputs = self._merge_image_features(input_ids, pixel_values, inputs_embeds,
                                                             vision_feature_layer, vision_feature_select_strategy,
                                                             output_hidden_states, output_attentions)
@@ -247,10 +259,12 @@ class LlavaForConditionalGeneration(_LlavaImageMixin, PreTrainedModel, Generatio
                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
                 logits_to_keep: int | torch.Tensor = 0, num_logits_to_keep: int | None = None,
                 cache_position: torch.Tensor | None = None, image_sizes: torch.Tensor | None = None,
-                num_items_in_batch: int | torch.Tensor | None = None) -> LlavaCausalLMOutputWithPast | tuple:
+                num_items_in_batch: int | torch.Tensor | None = None, *,
+                pixel_values_videos: torch.Tensor | None = None) -> LlavaCausalLMOutputWithPast | tuple:
         """Logits for the kept positions, the LM loss when `labels` are given (mask `<image>` and pad
         positions in the labels with -100 yourself, as in transformers). `cache_position` and
-        `image_sizes` are accepted for compatibility and ignored."""
+        `image_sizes` are accepted for compatibility and ignored; a video is a ValueError."""
+        reject_videos(self, pixel_values_videos)
         embeds, image_outputs = self._merge_image_features(input_ids, pixel_values, inputs_embeds,
                                                             vision_feature_layer, vision_feature_select_strategy,
                                                             output_hidden_states, output_attentions)

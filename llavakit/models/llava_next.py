@@ -18,7 +18,7 @@ from llavakit.anyres import as_size, get_anyres_image_grid_shape, image_size_to_
 from llavakit.config.llava_next import LlavaNextConfig
 from llavakit.deprecation import accepts_renamed_kwargs
 from llavakit.models.cache import DynamicCache
-from llavakit.models.llava import LlavaForConditionalGeneration, LlavaModel
+from llavakit.models.llava import LlavaForConditionalGeneration, LlavaModel, reject_videos
 from llavakit.models.layers import normal_
 from llavakit.models.outputs import BaseModelOutputWithPooling, LlavaCausalLMOutputWithPast, LlavaModelOutputWithPast
 
@@ -190,9 +190,10 @@ class LlavaNextModel(_LlavaNextImageMixin, LlavaModel):
                 inputs_embeds: torch.Tensor | None = None, vision_feature_layer: int | list[int] | None = None,
                 vision_feature_select_strategy: str | None = None, use_cache: bool | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-                return_dict: bool | None = None, cache_position: torch.Tensor | None = None,
-                ) -> LlavaModelOutputWithPast | tuple:
+                return_dict: bool | None = None, cache_position: torch.Tensor | None = None, *,
+                pixel_values_videos: torch.Tensor | None = None) -> LlavaModelOutputWithPast | tuple:
         """As LlavaModel.forward, with each image's (height, width) in `image_sizes` (num_images, 2)."""
+        reject_videos(self, pixel_values_videos)
         packed = self._pack_inputs(input_ids, inputs_embeds, pixel_values, image_sizes, vision_feature_layer,
                                    vision_feature_select_strategy, output_hidden_states, output_attentions)
         return super().forward(
@@ -229,9 +230,10 @@ class LlavaNextForConditionalGeneration(_LlavaNextImageMixin, LlavaForConditiona
                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
                 logits_to_keep: int | torch.Tensor = 0, num_logits_to_keep: int | None = None,
                 cache_position: torch.Tensor | None = None, num_items_in_batch: int | torch.Tensor | None = None,
-                ) -> LlavaCausalLMOutputWithPast | tuple:
+                *, pixel_values_videos: torch.Tensor | None = None) -> LlavaCausalLMOutputWithPast | tuple:
         """As LlavaForConditionalGeneration.forward, with each image's (height, width) in `image_sizes`
         (num_images, 2). `image_outputs.pooler_output` holds each image's packed features, (tokens_i, Ht)."""
+        reject_videos(self, pixel_values_videos)
         packed = self._pack_inputs(input_ids, inputs_embeds, pixel_values, image_sizes, vision_feature_layer,
                                    vision_feature_select_strategy, output_hidden_states, output_attentions)
         return super().forward(

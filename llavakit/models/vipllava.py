@@ -14,7 +14,7 @@ from llavakit.config.vipllava import VipLlavaConfig
 from llavakit.deprecation import accepts_renamed_kwargs
 from llavakit.models.cache import DynamicCache
 from llavakit.models.layers import activation
-from llavakit.models.llava import LlavaForConditionalGeneration, LlavaModel
+from llavakit.models.llava import LlavaForConditionalGeneration, LlavaModel, reject_videos
 from llavakit.models.outputs import BaseModelOutputWithPooling, LlavaCausalLMOutputWithPast, LlavaModelOutputWithPast
 
 
@@ -104,8 +104,9 @@ class VipLlavaModel(_VipLlavaImageMixin, LlavaModel):
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, cache_position: torch.Tensor | None = None,
                 image_sizes: torch.Tensor | None = None, *, vision_feature_layer: int | list[int] | None = None,
-                ) -> LlavaModelOutputWithPast | tuple:
+                pixel_values_videos: torch.Tensor | None = None) -> LlavaModelOutputWithPast | tuple:
         """As LlavaModel.forward; the layer list may be given as `vision_feature_layers` or `vision_feature_layer`."""
+        reject_videos(self, pixel_values_videos)
         return super().forward(
             input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
             position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds,
@@ -130,9 +131,11 @@ class VipLlavaForConditionalGeneration(_VipLlavaImageMixin, LlavaForConditionalG
                 logits_to_keep: int | torch.Tensor = 0, num_logits_to_keep: int | None = None,
                 cache_position: torch.Tensor | None = None, image_sizes: torch.Tensor | None = None,
                 num_items_in_batch: int | torch.Tensor | None = None, *,
-                vision_feature_layer: int | list[int] | None = None) -> LlavaCausalLMOutputWithPast | tuple:
+                vision_feature_layer: int | list[int] | None = None,
+                pixel_values_videos: torch.Tensor | None = None) -> LlavaCausalLMOutputWithPast | tuple:
         """As LlavaForConditionalGeneration.forward; the layer list may be given as `vision_feature_layers`
         or `vision_feature_layer`."""
+        reject_videos(self, pixel_values_videos)
         return super().forward(
             input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
             position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds,

@@ -1,5 +1,8 @@
 """Training data: LLaVA-format and messages-style records -> (input_ids, labels, pixel_values), and batching.
 
+LLaVA-Video records ({"video": "clip.mp4", "conversations": [...]} with `<video>` in the human turn, as in
+LLaVA-Video-178K and the OneVision data) give `pixel_values_videos`: each video sampled to a fixed num_frames.
+
 Labels are -100 everywhere except the assistant turns, located with the model's own chat template:
 its `{% generation %}` blocks when it has them, otherwise by rendering the chat one turn at a time.
 """
@@ -22,6 +25,7 @@ from llavakit.processing import chat_template as chat
 logger = logging.getLogger("llavakit.training")
 
 IGNORE_INDEX = -100
+DEFAULT_NUM_FRAMES = 8
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -52,7 +56,8 @@ def llava_to_messages(record: dict[str, Any], image_folder: str | os.PathLike | 
     """A LLaVA record {"id", "image", "conversations": [{"from", "value"}]} -> (messages, images).
 
     Each `<image>` in a turn becomes an image part (first in that message); a sample with an image but no
-    `<image>` gets it in its first human turn, as LLaVA's preprocessing does.
+    `<image>` gets it in its first human turn, as LLaVA's preprocessing does. A "video" record's `<video>`
+    placeholders become video parts the same way (the video sources come from `record_videos`).
     """
     sample_id = record.get("id", "?")
     if not isinstance(record.get("conversations"), list) or not record["conversations"]:
@@ -60,7 +65,9 @@ def llava_to_messages(record: dict[str, Any], image_folder: str | os.PathLike | 
     images = record.get("image")
     images = [] if images is None else [images] if isinstance(images, str) else list(images)
     images = [_resolve(image, image_folder) for image in images]
+    videos = record_videos(record, image_folder)
     placeholders = sum(str(turn.get("value", "")).count("<image>") for turn in record["conversations"])
+    video_placeholders = sum(str(turn.get("value", "")).count("<video>") for turn in record["conversations"])
     messages = []
     for i, turn in enumerate(record["conversations"]):
         role = _ROLES.get(turn.get("from"))
@@ -68,15 +75,28 @@ def llava_to_messages(record: dict[str, Any], image_folder: str | os.PathLike | 
             raise ValueError(f"sample {sample_id}: turn {i} has unknown speaker {turn.get('from')!r} "
                              f"(expected one of {sorted(_ROLES)})")
         value = str(turn.get("value", ""))
-        n_images = value.count("<image>")
+        n_images, n_videos = value.count("<image>"), value.count("<video>")
         if placeholders == 0 and images and i == 0:
             n_images = len(images)
-        text = value.replace("<image>", "").strip()
-        messages.append({"role": role, "content": [{"type": "image"}] * n_images + [{"type": "text", "text": text}]})
+        if video_placeholders == 0 and videos and i == 0:
+            n_videos = len(videos)
+        text = value.replace("<image>", "").replace("<video>", "").strip()
+        messages.append({"role": role, "content": [{"type": "image"}] * n_images + [{"type": "video"}] * n_videos
+                         + [{"type": "text", "text": text}]})
     found = max(placeholders, len(images) if placeholders == 0 else 0)
     if found != len(images):
         raise ValueError(f"sample {sample_id}: {placeholders} <image> placeholder(s) but {len(images)} image(s)")
+    if video_placeholders and video_placeholders != len(videos):
+        raise ValueError(f"sample {sample_id}: {video_placeholders} <video> placeholder(s) but {len(videos)} "
+                         f"video(s)")
     return messages, images
+
+
+def record_videos(record: dict[str, Any], video_folder: str | os.PathLike | None = None) -> list[Any]:
+    """The video sources of a LLaVA-Video record ("video": a path or a list), relative paths under video_folder."""
+    videos = record.get("video")
+    videos = [] if videos is None else [videos] if isinstance(videos, str) else list(videos)
+    return [_resolve(video, video_folder) for video in videos]
 
 
 def messages_record(record: dict[str, Any], image_folder: str | os.PathLike | None = None
@@ -144,11 +164,13 @@ def assistant_spans(template: str, messages: list[dict[str, Any]], **template_kw
 
 
 def encode_sample(processor: Any, messages: list[dict[str, Any]], images: list[Any], *, template: str,
-                  max_length: int | None = None) -> dict[str, torch.Tensor]:
-    """Tokenize one conversation and build its labels: {"input_ids" (T,), "labels" (T,), "pixel_values"?}.
+                  max_length: int | None = None, videos: list[Any] | None = None,
+                  num_frames: int = DEFAULT_NUM_FRAMES) -> dict[str, torch.Tensor]:
+    """Tokenize one conversation and build its labels: {"input_ids" (T,), "labels" (T,), "pixel_values"?,
+    "pixel_values_videos"?}.
 
-    `max_length` counts the expanded image tokens. Raises SkipSample when truncation would cut an image
-    or leave no assistant token to learn.
+    `max_length` counts the expanded image and video tokens. Raises SkipSample when truncation would cut an
+    image or a video or leave no assistant token to learn. Videos are sampled to `num_frames` frames.
     """
     tokenizer = processor.tokenizer
     text, spans = assistant_spans(template, messages, **tokenizer.special_tokens_map)
@@ -157,18 +179,21 @@ def encode_sample(processor: Any, messages: list[dict[str, Any]], images: list[A
     # trim whitespace: tokenizers glue a space to the next word ("▁USER"), which is not the assistant's
     spans = [(a + len(text[a:b]) - len(text[a:b].lstrip()), b - len(text[a:b]) + len(text[a:b].rstrip()))
              for a, b in spans]
-    out, shifts = tokenize_chat(processor, text, images, return_offsets_mapping=True)
+    out, shifts = tokenize_chat(processor, text, images, return_offsets_mapping=True, videos=videos,
+                                num_frames=num_frames)
     ids = list(out["input_ids"][0])
     # move the spans by the characters each earlier <image> expansion added
     ends, gains = [end for end, _ in shifts[0]], [0] + [gain for _, gain in shifts[0]]
     moved = [tuple(c + gains[bisect.bisect_right(ends, c)] for c in span) for span in spans]
     mask = chat.token_mask_from_spans(out["offset_mapping"][0], moved)
-    image_id = processor.image_token_id
-    labels = [t if m and t != image_id else IGNORE_INDEX for t, m in zip(ids, mask)]
+    media_ids = {processor.image_token_id, getattr(processor, "video_token_id", None)} - {None}
+    labels = [t if m and t not in media_ids else IGNORE_INDEX for t, m in zip(ids, mask)]
     if max_length is not None and len(ids) > max_length:
-        if image_id in ids[max_length:]:
-            raise SkipSample(f"{len(ids)} tokens (image tokens included) > max_length={max_length}, and truncating "
-                             f"would cut image tokens")
+        cut = media_ids & set(ids[max_length:])
+        if cut:
+            kind = "image" if processor.image_token_id in cut else "video"
+            raise SkipSample(f"{len(ids)} tokens ({kind} tokens included) > max_length={max_length}, and truncating "
+                             f"would cut {kind} tokens")
         ids, labels = ids[:max_length], labels[:max_length]
     if all(label == IGNORE_INDEX for label in labels):
         raise SkipSample(f"no assistant token left to learn (max_length={max_length}, {len(ids)} tokens)")
@@ -178,29 +203,45 @@ def encode_sample(processor: Any, messages: list[dict[str, Any]], images: list[A
         sample["pixel_values"] = torch.as_tensor(np.stack(out["pixel_values"]))
         if out.get("image_sizes") is not None:
             sample["image_sizes"] = torch.as_tensor(np.asarray(out["image_sizes"])).reshape(-1, 2)  # (n_images, 2)
+    if videos:
+        sample["pixel_values_videos"] = torch.as_tensor(np.stack(out["pixel_values_videos"]))  # (n_videos, F, 3, S, S)
     return sample
 
 
-def tokenize_chat(processor: Any, text: str, images: list[Any], **kwargs: Any) -> tuple[Any, list]:
-    """Rendered chat text + its images through the processor, untensored: (outputs, image-expansion shifts).
+def tokenize_chat(processor: Any, text: str, images: list[Any], videos: list[Any] | None = None,
+                  num_frames: int = DEFAULT_NUM_FRAMES, **kwargs: Any) -> tuple[Any, list]:
+    """Rendered chat text + its images and videos through the processor, untensored: (outputs, media-expansion
+    shifts). Each video is decoded to `num_frames` evenly spaced frames.
 
     The BOS token is added only when the template did not already write it.
     """
     from llavakit.processing.image import load_image
 
     pil = [load_image(image) for image in images]
+    media = {}
+    if videos:
+        if getattr(processor, "video_processor", None) is None:
+            raise ValueError(f"a sample has a video but {type(processor).__name__} takes none; train a video model "
+                             f"(LLaVA-OneVision or LLaVA-NeXT-Video) on video data")
+        from llavakit.processing.video import load_video
+
+        media["videos"] = [load_video(video, num_frames=num_frames)[0] for video in videos]  # each (F, H, W, 3)
     bos = processor.tokenizer.bos_token
     add_special = not (bos is not None and text.startswith(bos))
-    return processor._process(pil or None, [text], return_tensors=None, add_special_tokens=add_special, **kwargs)
+    return processor._process(pil or None, [text], return_tensors=None, add_special_tokens=add_special, **kwargs,
+                              **media)
 
 
 class SupervisedDataset(torch.utils.data.Dataset):
     """Records (LLaVA or messages format) encoded on access; a sample that must be skipped returns None."""
 
     def __init__(self, records: list[dict[str, Any]], processor: Any, *, image_folder: str | None = None,
-                 max_length: int | None = None, chat_template: str | None = None) -> None:
+                 max_length: int | None = None, chat_template: str | None = None,
+                 num_frames: int = DEFAULT_NUM_FRAMES) -> None:
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+            raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
         self.records, self.processor = records, processor
-        self.image_folder, self.max_length = image_folder, max_length
+        self.image_folder, self.max_length, self.num_frames = image_folder, max_length, num_frames
         self.template = processor._resolve_template(chat_template)
         self.skipped: dict[int, str] = {}
 
@@ -219,7 +260,9 @@ class SupervisedDataset(torch.utils.data.Dataset):
     def encode(self, record: dict[str, Any]) -> dict[str, torch.Tensor]:
         """One record -> tensors (raises SkipSample); subclasses encode other tasks' records."""
         messages, images = to_messages(record, self.image_folder)
-        return encode_sample(self.processor, messages, images, template=self.template, max_length=self.max_length)
+        videos = record_videos(record, self.image_folder) if "conversations" in record else []
+        return encode_sample(self.processor, messages, images, template=self.template, max_length=self.max_length,
+                             videos=videos, num_frames=self.num_frames)
 
     def modality_lengths(self) -> list[int]:
         """Rough length of each sample (words), positive with an image and negative without (as in LLaVA)."""
@@ -227,7 +270,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
         for record in self.records:
             turns = record.get("conversations") or record.get("messages") or []
             words = sum(len(str(t.get("value", t.get("content", ""))).split()) for t in turns)
-            has_image = bool(record.get("image") or record.get("images")) or "<image>" in json.dumps(turns) \
+            has_image = bool(record.get("image") or record.get("images") or record.get("video")) \
+                or "<image>" in json.dumps(turns) or "<video>" in json.dumps(turns) \
                 or '"type": "image"' in json.dumps(turns)
             lengths.append(max(words, 1) if has_image else -max(words, 1))
         return lengths
@@ -265,6 +309,9 @@ class Collator:
         sizes = [s["image_sizes"] for s in samples if "image_sizes" in s]
         if sizes:
             batch["image_sizes"] = torch.cat(sizes)  # (total_images, 2): NeXT unpads each image by its size
+        videos = [s["pixel_values_videos"] for s in samples if "pixel_values_videos" in s]
+        if videos:
+            batch["pixel_values_videos"] = torch.cat(videos)  # (total_videos, num_frames, 3, S, S)
         return batch
 
 
