@@ -22,6 +22,9 @@ IMAGE_OUTPUTS = VERSION >= Version("5.24.0")
 STREAMER_EMITS_WORDS = VERSION >= Version("5.24.0")
 # 5.24: chat messages may be dataclasses, pydantic models, or a conversation object with `.messages`
 CHAT_MESSAGE_OBJECTS = VERSION >= Version("5.24.0")
+# 5.24: beam sampling sorts the sampled candidates by score before choosing beams (5.23 kept the draw order);
+# llavakit follows 5.24+, so seeded beam sampling compares only with those releases
+BEAM_SAMPLING_SORTS_CANDIDATES = VERSION >= Version("5.24.0")
 # 5.24: batch_decode([]) gives [] (it gave [""])
 EMPTY_BATCH_DECODE = [] if VERSION >= Version("5.24.0") else [""]
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from tests import reference
 from tests.generation.test_generate import (PROMPT, TEXT_ONLY, assert_same_tokens, batch_of_three,  # noqa: F401
                                             images, llava, processor)
 
@@ -61,6 +62,8 @@ def test_beam_search_stops_at_eos(llava, processor, images):
 
 @pytest.mark.parametrize("options", [dict(), dict(top_k=20, temperature=0.7, num_return_sequences=2)])
 def test_beam_sampling_draws_the_same_tokens(llava, processor, images, options):
+    if not reference.BEAM_SAMPLING_SORTS_CANDIDATES:
+        pytest.skip("transformers < 5.24 keeps sampled beam candidates in draw order; llavakit sorts them as 5.24+")
     inputs = batch_of_three(processor, images)
     ours, theirs = generate_both(llava, inputs, seed=3, max_new_tokens=6, num_beams=2, do_sample=True,
                                  return_dict_in_generate=True, output_scores=True, **options)

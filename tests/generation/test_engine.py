@@ -76,7 +76,7 @@ def test_compiled_step_gives_the_same_greedy_tokens(mistral):
         reference = theirs.generate(**inputs, max_new_tokens=10, do_sample=False)
     for out in (compiled.sequences, again, dynamic, static):
         assert torch.equal(out, reference), (out, reference)
-    cache = compiled.past_key_values
+    cache = compiled.cache
     assert isinstance(cache, StaticCache) and cache.max_cache_len == CACHE_BUCKET
     assert cache.get_seq_length() == inputs["input_ids"].shape[1] + 9
 

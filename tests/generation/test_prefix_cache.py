@@ -180,7 +180,7 @@ def test_batches_and_given_caches_bypass(model, processor, images):
                       padding=True, return_tensors="pt")
     model.generate(**batch, max_new_tokens=2)
     x = inputs(processor, images["chelsea"], TURN_1)
-    model.generate(**x, max_new_tokens=2, past_key_values=DynamicCache())
+    model.generate(**x, max_new_tokens=2, cache=DynamicCache())
     assert len(model.prefix_cache) == 0 and model.prefix_cache.hits == 0
 
 
