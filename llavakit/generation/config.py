@@ -245,7 +245,12 @@ class GenerationConfig:
         return out
 
     def to_json_string(self, use_diff: bool = True) -> str:
-        return json.dumps(self.to_diff_dict() if use_diff else self.to_dict(), indent=2, sort_keys=True) + "\n"
+        data = self.to_diff_dict() if use_diff else self.to_dict()
+        if isinstance(data.get("sequence_bias"), dict):  # tuple keys: written as transformers' list form
+            data["sequence_bias"] = [[list(ids), bias] for ids, bias in data["sequence_bias"].items()]
+        if dataclasses.is_dataclass(data.get("watermarking_config")):
+            data["watermarking_config"] = dataclasses.asdict(data["watermarking_config"])
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     def save_pretrained(self, save_directory: str | os.PathLike,
                         config_file_name: str = GENERATION_CONFIG_NAME) -> None:

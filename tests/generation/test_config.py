@@ -126,3 +126,15 @@ def test_greedy_ignores_sampling_values():
     # Files often carry sampling values with do_sample=false; greedy decoding does not use them.
     config = GenerationConfig.from_dict({"do_sample": False, "temperature": 0.0, "top_p": 0.0})
     assert config.temperature == 0.0
+
+
+def test_new_options_round_trip_through_json(tmp_path):
+    from llavakit.generation.watermark import WatermarkingConfig
+
+    config = GenerationConfig(num_beams=4, num_return_sequences=2, early_stopping="never", length_penalty=0.7,
+                              sequence_bias={(5, 6): -2.0}, watermarking_config=WatermarkingConfig(bias=3.0),
+                              no_repeat_ngram_size=3, min_p=0.1)
+    config.save_pretrained(tmp_path)
+    loaded = GenerationConfig.from_pretrained(tmp_path)
+    assert loaded.num_beams == 4 and loaded.early_stopping == "never" and loaded.min_p == 0.1
+    assert loaded.sequence_bias == [[[5, 6], -2.0]] and loaded.watermarking_config["bias"] == 3.0
